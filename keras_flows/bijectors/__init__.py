@@ -1,0 +1,21 @@
+"""Every invertible transform in keras_flows, one family per module."""
+
+from keras_flows.bijectors.base import Bijector
+from keras_flows.bijectors.composition import Chain, Invert
+from keras_flows.bijectors.coupling import AdditiveCoupling, AffineCoupling
+from keras_flows.bijectors.elementwise import ElementwiseAffine, Sigmoid, Tanh
+from keras_flows.bijectors.linear import LULinear
+from keras_flows.bijectors.normalization import ActNorm, BatchNorm
+from keras_flows.bijectors.permutation import RandomPermutation, Reverse
+from keras_flows.bijectors.planar import Planar
+from keras_flows.bijectors.radial import Radial
+
+__all__ = [
+    "Bijector", "Chain", "Invert",
+    "AdditiveCoupling", "AffineCoupling",
+    "ElementwiseAffine", "Sigmoid", "Tanh",
+    "LULinear",
+    "ActNorm", "BatchNorm",
+    "RandomPermutation", "Reverse",
+    "Planar", "Radial",
+]

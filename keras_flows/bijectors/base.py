@@ -1,0 +1,82 @@
+"""The bijector contract shared by every transform in keras_flows."""
+
+import keras
+from keras import ops
+
+
+def sum_except_batch(x):
+    """Sums every axis but the first: one value per example."""
+    if len(x.shape) == 1:
+        return x
+    return ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)
+
+
+class Bijector(keras.layers.Layer):
+    """An invertible map between data `x` and latent `z`, with its log-det.
+
+    `forward(x)` maps data to latent and returns `(z, log|det dz/dx|)`;
+    `inverse(z)` maps latent to data and returns `(x, log|det dx/dz|)`. Each
+    log-det is summed over the event: one value per example, shape `(batch,)`.
+    Both take an optional `context` (the conditioning input) and `training`.
+
+    Subclasses implement `_forward` and `_inverse` with the same signature and
+    create their weights in `build(input_shape)`; this class builds them on
+    first use, casts inputs to the layer's compute dtype, and checks that a
+    `context` is given exactly when the bijector has a `context_shape`.
+
+    Calling the layer is `forward`.
+    """
+
+    #: Whether `_inverse` is exact (closed form) rather than a numerical solve.
+    exact_inverse = True
+
+    def forward(self, x, context=None, training=False):
+        x, context = self._prepare(x, context)
+        return self._forward(x, context=context, training=training)
+
+    def inverse(self, z, context=None, training=False):
+        z, context = self._prepare(z, context, inverse=True)
+        return self._inverse(z, context=context, training=training)
+
+    def call(self, x, context=None, training=False):
+        return self.forward(x, context=context, training=training)
+
+    def compute_output_spec(self, x, context=None, training=False):
+        z_shape = self.compute_output_shape(x.shape)
+        return (
+            keras.KerasTensor(z_shape, dtype=self.compute_dtype),
+            keras.KerasTensor((x.shape[0],), dtype=self.compute_dtype),
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def _prepare(self, x, context, inverse=False):
+        x = ops.cast(x, self.compute_dtype)
+        context_shape = getattr(self, "context_shape", None)
+        if context_shape is not None and context is None:
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r} is conditional: pass "
+                f"`context=` with shape (batch, *{tuple(context_shape)})."
+            )
+        if context_shape is None and context is not None:
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r} is not conditional but "
+                "was given a `context`; build it with `context_shape=` to "
+                "condition it."
+            )
+        if context is not None:
+            context = ops.cast(context, self.compute_dtype)
+        if not self.built:
+            self.build(self.inverse_output_shape(x.shape) if inverse else x.shape)
+        return x, context
+
+    def inverse_output_shape(self, z_shape):
+        """The data shape for a latent of shape `z_shape` (identity here)."""
+        return z_shape
+
+    def _forward(self, x, context=None, training=False):
+        raise NotImplementedError
+
+    def _inverse(self, z, context=None, training=False):
+        raise NotImplementedError

@@ -1,0 +1,244 @@
+"""Normalization bijectors: `ActNorm` (Glow) and `BatchNorm` (RealNVP)."""
+
+import numpy as np
+import keras
+from keras import ops
+
+from keras_flows.bijectors.base import Bijector
+
+
+def _channel_axes(x):
+    """Every axis but the last (channel) one: the axes statistics run over."""
+    return tuple(range(len(x.shape) - 1))
+
+
+def _num_positions(x):
+    """prod(shape[1:-1]): event positions sharing one channel's parameters.
+
+    1 for vectors `(B, D)`, `H * W` for images `(B, H, W, C)`. A Python number
+    when the shape is static, else a tensor of `x`'s dtype.
+    """
+    dims = x.shape[1:-1]
+    if all(d is not None for d in dims):
+        return float(np.prod(dims, dtype=np.int64)) if dims else 1.0
+    n = ops.cast(1, x.dtype)
+    for i in range(1, len(x.shape) - 1):
+        n = n * ops.cast(ops.shape(x)[i], x.dtype)
+    return n
+
+
+def _per_example(x, value):
+    """Broadcasts the scalar `value` to shape `(batch,)` of `x`."""
+    first = x[(slice(None),) + (0,) * (len(x.shape) - 1)]
+    return ops.ones_like(first) * value
+
+
+@keras.saving.register_keras_serializable(package="keras_flows")
+class ActNorm(Bijector):
+    """Activation normalization (Glow): a per-channel affine map.
+
+    Forward:  z = (x + b) * exp(s)
+    Inverse:  x = z * exp(-s) - b
+    Log-det:  forward N * sum_c s_c with N = prod(shape[1:-1]) the number of
+              positions per channel (1 for vectors, H*W for images);
+              inverse the negative.
+
+    `b` and `s` have one entry per channel (the LAST axis), so the layer takes
+    vectors `(B, D)` and images `(B, H, W, C)` alike.
+
+    Data-dependent initialisation: the first call with `training=True` (the
+    first `fit` step) sets `b = -mean(x)` and `s = -log(std(x) + epsilon)` per
+    channel from that batch, so that `z` has zero mean and unit variance per
+    channel. Until then the layer is the identity (also under
+    `training=False`, e.g. in `Flow.build`, `predict` or `log_prob`).
+
+    How it stays correct inside a compiled, stateless train step (JAX's
+    `stateless_call` keeps assignments to non-trainable variables but drops
+    assignments to trainable ones; TF/XLA and `torch.compile` forbid Python
+    branching on tensor values):
+
+    - the non-trainable variables `initial_bias`, `initial_log_scale` (zeros)
+      and the float flag `initialized` (0.0) hold the data-dependent start;
+    - the trainable variables `bias` and `log_scale` (zeros) are offsets
+      learned on top of it: b = initial_bias + bias, s = initial_log_scale +
+      log_scale;
+    - with `training=True` the batch statistics (without gradient) give
+      candidate starts; the effective start is
+      `where(initialized > 0.5, initial_*, candidate)`, which is written back
+      to `initial_*`, and `initialized` is set to 1. After the first training
+      batch the write-back rewrites the stored values unchanged, so only the
+      trainable offsets move from then on.
+
+    All of this is tensor arithmetic, so it traces under `jit` on every
+    backend; nothing depends on a Python flag, and the state is saved with
+    the model's weights.
+
+    Args:
+        epsilon: added to the batch standard deviation before the log.
+
+    Reference: Kingma & Dhariwal 2018, "Glow", arXiv:1807.03039.
+    """
+
+    def __init__(self, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                "ActNorm needs a known last (channel) axis; got input shape "
+                f"{tuple(input_shape)}."
+            )
+        shape = (int(channels),)
+        self.bias = self.add_weight(name="bias", shape=shape, initializer="zeros")
+        self.log_scale = self.add_weight(name="log_scale", shape=shape,
+                                         initializer="zeros")
+        self.initial_bias = self.add_weight(name="initial_bias", shape=shape,
+                                            initializer="zeros", trainable=False)
+        self.initial_log_scale = self.add_weight(
+            name="initial_log_scale", shape=shape, initializer="zeros",
+            trainable=False)
+        self.initialized = self.add_weight(name="initialized", shape=(),
+                                           initializer="zeros", trainable=False)
+        self.built = True
+
+    def _stored_start(self, dtype):
+        return (ops.cast(self.initial_bias, dtype),
+                ops.cast(self.initial_log_scale, dtype))
+
+    def _params(self, x, training):
+        dtype = x.dtype
+        init_bias, init_log_scale = self._stored_start(dtype)
+        if training:
+            axes = _channel_axes(x)
+            data = ops.stop_gradient(x)
+            mean = ops.mean(data, axis=axes)
+            std = ops.sqrt(ops.var(data, axis=axes))
+            done = ops.cast(self.initialized, dtype) > 0.5
+            init_bias = ops.where(done, init_bias, -mean)
+            init_log_scale = ops.where(done, init_log_scale,
+                                       -ops.log(std + self.epsilon))
+            self.initial_bias.assign(ops.cast(init_bias, self.initial_bias.dtype))
+            self.initial_log_scale.assign(
+                ops.cast(init_log_scale, self.initial_log_scale.dtype))
+            self.initialized.assign(ops.ones((), dtype=self.initialized.dtype))
+        bias = init_bias + ops.cast(self.bias, dtype)
+        log_scale = init_log_scale + ops.cast(self.log_scale, dtype)
+        return bias, log_scale
+
+    def _log_det(self, x, log_scale):
+        return _per_example(x, _num_positions(x) * ops.sum(log_scale))
+
+    def _forward(self, x, context=None, training=False):
+        bias, log_scale = self._params(x, bool(training))
+        return (x + bias) * ops.exp(log_scale), self._log_det(x, log_scale)
+
+    def _inverse(self, z, context=None, training=False):
+        bias, log_scale = self._params(z, False)
+        return z * ops.exp(-log_scale) - bias, -self._log_det(z, log_scale)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(epsilon=self.epsilon)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_flows")
+class BatchNorm(Bijector):
+    """Batch normalization as a bijector (RealNVP).
+
+    Forward:  z = (x - m) / sqrt(v + eps) * exp(g) + beta
+    Inverse:  x = (z - beta) * exp(-g) * sqrt(v + eps) + m
+    Log-det:  forward N * sum_c (g_c - 0.5 * log(v_c + eps)) with
+              N = prod(shape[1:-1]) positions per channel (1 for vectors);
+              inverse the negative.
+
+    Statistics are per channel (the LAST axis), over every other axis.
+    `g` (`log_gamma`) and `beta` are learned, both zero at the start.
+
+    - `training=True` (`fit`): m, v are the batch mean and (biased) variance,
+      and gradients flow through them as in RealNVP; the log-det treats them
+      as the constants they are for the batch. The non-trainable
+      `moving_mean` / `moving_variance` are updated as
+      `moving = momentum * moving + (1 - momentum) * batch`.
+    - `training=False` (`log_prob`, `predict`, `evaluate`): m, v are the
+      moving statistics, so the map is a fixed bijection of each example.
+    - The inverse always uses the moving statistics, in training mode too:
+      there is no batch of data to take statistics from when going from
+      latent to data, and this makes `inverse` the exact inverse of the
+      inference-mode `forward`.
+
+    Args:
+        momentum: decay of the moving statistics; 0.99 by default, as in
+            `keras.layers.BatchNormalization`. Closer to 1 averages more
+            batches.
+        epsilon: added to the variance before the square root.
+
+    Reference: Dinh, Sohl-Dickstein & Bengio 2017, arXiv:1605.08803;
+    Ioffe & Szegedy 2015, arXiv:1502.03167.
+    """
+
+    def __init__(self, momentum=0.99, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"`momentum` must be in [0, 1]; got {momentum}.")
+        if self.epsilon <= 0.0:
+            raise ValueError(f"`epsilon` must be positive; got {epsilon}.")
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                "BatchNorm needs a known last (channel) axis; got input shape "
+                f"{tuple(input_shape)}."
+            )
+        shape = (int(channels),)
+        self.log_gamma = self.add_weight(name="log_gamma", shape=shape,
+                                         initializer="zeros")
+        self.beta = self.add_weight(name="beta", shape=shape, initializer="zeros")
+        self.moving_mean = self.add_weight(name="moving_mean", shape=shape,
+                                           initializer="zeros", trainable=False)
+        self.moving_variance = self.add_weight(name="moving_variance", shape=shape,
+                                               initializer="ones", trainable=False)
+        self.built = True
+
+    def _moving(self, dtype):
+        return (ops.cast(self.moving_mean, dtype),
+                ops.cast(self.moving_variance, dtype))
+
+    def _log_scale(self, x, var):
+        """Per-channel log of the forward scale: g - 0.5 log(v + eps)."""
+        return ops.cast(self.log_gamma, x.dtype) - 0.5 * ops.log(var + self.epsilon)
+
+    def _forward(self, x, context=None, training=False):
+        dtype = x.dtype
+        if training:
+            axes = _channel_axes(x)
+            mean = ops.mean(x, axis=axes)
+            var = ops.var(x, axis=axes)
+            m = self.momentum
+            for moving, batch in ((self.moving_mean, mean),
+                                  (self.moving_variance, var)):
+                batch = ops.cast(ops.stop_gradient(batch), moving.dtype)
+                moving.assign(moving * m + batch * (1.0 - m))
+        else:
+            mean, var = self._moving(dtype)
+        log_scale = self._log_scale(x, var)
+        z = (x - mean) * ops.exp(log_scale) + ops.cast(self.beta, dtype)
+        log_det = _per_example(x, _num_positions(x) * ops.sum(log_scale))
+        return z, log_det
+
+    def _inverse(self, z, context=None, training=False):
+        mean, var = self._moving(z.dtype)
+        log_scale = self._log_scale(z, var)
+        x = (z - ops.cast(self.beta, z.dtype)) * ops.exp(-log_scale) + mean
+        log_det = _per_example(z, _num_positions(z) * ops.sum(log_scale))
+        return x, -log_det
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(momentum=self.momentum, epsilon=self.epsilon)
+        return config

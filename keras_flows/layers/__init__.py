@@ -1,0 +1,3 @@
+from keras_flows.layers.conditioners import MLP
+
+__all__ = ["MLP"]

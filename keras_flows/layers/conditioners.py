@@ -1,0 +1,54 @@
+"""Conditioner networks: the learned functions inside coupling layers."""
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="keras_flows")
+class MLP(keras.layers.Layer):
+    """Dense network whose last layer starts at zero.
+
+    h_0 = x;  h_i = act(W_i h_{i-1} + b_i);  out = W_o h_n + b_o, W_o = b_o = 0
+
+    The zero output at initialisation makes every coupling that uses it start
+    as the identity (Glow's trick), so a new flow is exactly its base.
+
+    Args:
+        output_dim: size of the output.
+        hidden_units: sizes of the hidden layers.
+        activation: activation of the hidden layers.
+    """
+
+    def __init__(self, output_dim, hidden_units=(64, 64), activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.output_dim = int(output_dim)
+        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.activation = activation
+        self.hidden = [
+            keras.layers.Dense(u, activation=activation, dtype=self.dtype_policy,
+                               name=f"dense_{i}")
+            for i, u in enumerate(self.hidden_units)
+        ]
+        self.out = keras.layers.Dense(
+            self.output_dim, kernel_initializer="zeros", bias_initializer="zeros",
+            dtype=self.dtype_policy, name="out",
+        )
+
+    def build(self, input_shape):
+        for layer in self.hidden:
+            layer.build(input_shape)
+            input_shape = layer.compute_output_shape(input_shape)
+        self.out.build(input_shape)
+
+    def call(self, x):
+        for layer in self.hidden:
+            x = layer(x)
+        return self.out(x)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.output_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(output_dim=self.output_dim, hidden_units=list(self.hidden_units),
+                      activation=self.activation)
+        return config

@@ -1,0 +1,5 @@
+from keras_flows.models.flow import Flow
+from keras_flows.models.nice import NICE
+from keras_flows.models.realnvp import RealNVP
+
+__all__ = ["Flow", "NICE", "RealNVP"]

@@ -1,0 +1,4 @@
+from keras_flows.utils.backend import is_concrete
+from keras_flows.utils.checks import check_event, check_finite
+
+__all__ = ["is_concrete", "check_event", "check_finite"]
