@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector
+from keras_flows.utils.math import dot, small_normal, tanh
 
 
 def _sech_squared(a):
@@ -14,29 +15,6 @@ def _sech_squared(a):
     """
     e = ops.exp(-2.0 * ops.abs(a))
     return 4.0 * e / ops.square(1.0 + e)
-
-
-def _tanh(a):
-    """tanh(a) = sign(a) (1 - e) / (1 + e) with e = exp(-2|a|), where
-    1 - e = -expm1(-2|a|) keeps full relative precision for small |a|.
-
-    Written out because `keras.ops.tanh` returns float32 for float64 inputs
-    on JAX in Keras 3.15 (keras-team/keras#23223), which would break float64
-    flows.
-    """
-    e_minus_one = ops.expm1(-2.0 * ops.abs(a))
-    t = -e_minus_one / (2.0 + e_minus_one)
-    return ops.where(a < 0, -t, t)
-
-
-def _dot(x, w):
-    """x @ w over the last axis (`keras.ops.matmul` downcasts float64 on torch)."""
-    return ops.sum(x * w, axis=-1)
-
-
-def _seeded_normal(seed, offset):
-    return keras.initializers.RandomNormal(
-        stddev=0.01, seed=None if seed is None else int(seed) + offset)
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -108,11 +86,11 @@ class Planar(Bijector):
                 f"known; got input shape {tuple(input_shape)}.")
         features = input_shape[-1]
         self.u = self.add_weight(shape=(features,), name="u",
-                                 initializer=_seeded_normal(self.seed, 0))
+                                 initializer=small_normal(self.seed, 0))
         self.w = self.add_weight(shape=(features,), name="w",
-                                 initializer=_seeded_normal(self.seed, 1))
+                                 initializer=small_normal(self.seed, 1))
         self.b = self.add_weight(shape=(), name="b",
-                                 initializer=_seeded_normal(self.seed, 2))
+                                 initializer=small_normal(self.seed, 2))
 
     def _constrained(self, dtype):
         """(u_hat, w, b, w.u_hat), with w.u_hat > -1 by construction."""
@@ -133,13 +111,13 @@ class Planar(Bijector):
 
     def _forward(self, x, context=None, training=False):
         u_hat, w, b, wu_hat = self._constrained(x.dtype)
-        pre = _dot(x, w) + b
-        z = x + ops.expand_dims(_tanh(pre), -1) * u_hat
+        pre = dot(x, w) + b
+        z = x + ops.expand_dims(tanh(pre), -1) * u_hat
         return z, self._log_det(pre, wu_hat)
 
     def _inverse(self, z, context=None, training=False):
         u_hat, w, b, wu_hat = self._constrained(z.dtype)
-        target = _dot(z, w)
+        target = dot(z, w)
 
         # Bisection on f(alpha) = alpha + wu_hat tanh(alpha + b), increasing.
         t_const = ops.stop_gradient(target)
@@ -151,7 +129,7 @@ class Planar(Bijector):
         def body(i, bracket):
             lo, hi = bracket
             mid = half * (lo + hi)
-            below = mid + c_const * _tanh(mid + b_const) < t_const
+            below = mid + c_const * tanh(mid + b_const) < t_const
             return ops.where(below, mid, lo), ops.where(below, hi, mid)
 
         lo, hi = ops.fori_loop(0, self.inverse_iterations, body,
@@ -161,10 +139,10 @@ class Planar(Bijector):
         # One Newton step: refines alpha and carries the implicit gradient.
         pre = alpha + b
         slope = 1.0 + wu_hat * _sech_squared(pre)
-        alpha = alpha - (alpha + wu_hat * _tanh(pre) - target) / slope
+        alpha = alpha - (alpha + wu_hat * tanh(pre) - target) / slope
 
         pre = alpha + b
-        x = z - ops.expand_dims(_tanh(pre), -1) * u_hat
+        x = z - ops.expand_dims(tanh(pre), -1) * u_hat
         return x, -self._log_det(pre, wu_hat)
 
     def get_config(self):

@@ -4,19 +4,7 @@ import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector
-
-
-def _seeded_normal(seed, offset):
-    return keras.initializers.RandomNormal(
-        stddev=0.01, seed=None if seed is None else int(seed) + offset)
-
-
-def _safe_norm(d):
-    """|d| over the last axis, with a finite gradient at d = 0."""
-    sq = ops.sum(ops.square(d), axis=-1)
-    positive = sq > 0
-    return ops.where(positive, ops.sqrt(ops.where(positive, sq, ops.ones_like(sq))),
-                     ops.zeros_like(sq))
+from keras_flows.utils.math import safe_norm, small_normal
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -72,11 +60,11 @@ class Radial(Bijector):
                 f"known; got input shape {tuple(input_shape)}.")
         self.features = int(input_shape[-1])
         self.x0 = self.add_weight(shape=(self.features,), name="x0",
-                                  initializer=_seeded_normal(self.seed, 0))
+                                  initializer=small_normal(self.seed, 0))
         self.a = self.add_weight(shape=(), name="a",
-                                 initializer=_seeded_normal(self.seed, 1))
+                                 initializer=small_normal(self.seed, 1))
         self.b = self.add_weight(shape=(), name="b",
-                                 initializer=_seeded_normal(self.seed, 2))
+                                 initializer=small_normal(self.seed, 2))
 
     def _constrained(self, dtype):
         """(x0, alpha_hat, softplus(b) = alpha_hat + beta_hat)."""
@@ -95,7 +83,7 @@ class Radial(Bijector):
     def _forward(self, x, context=None, training=False):
         x0, alpha_hat, sum_hat = self._constrained(x.dtype)
         d = x - x0
-        r = _safe_norm(d)
+        r = safe_norm(d)
         # 1 + beta_hat h(r) = (softplus(b) + r) / (alpha_hat + r).
         scale = (sum_hat + r) / (alpha_hat + r)
         z = x0 + ops.expand_dims(scale, -1) * d
@@ -104,7 +92,7 @@ class Radial(Bijector):
     def _inverse(self, z, context=None, training=False):
         x0, alpha_hat, sum_hat = self._constrained(z.dtype)
         d = z - x0
-        r_z = _safe_norm(d)
+        r_z = safe_norm(d)
         p = sum_hat - r_z
         root = ops.sqrt(ops.square(p) + 4.0 * alpha_hat * r_z)
         nonneg = p >= 0

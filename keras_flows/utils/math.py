@@ -1,17 +1,21 @@
-"""Precise forms of ops that lose float64 on some backends.
+"""Small numerical helpers shared by the bijectors.
 
-With Keras 3.15 on JAX (x64 enabled), `ops.tanh`, `ops.arctanh` and
-`ops.norm` return float32 for float64 inputs. These forms stay in the input's
-dtype on every backend and are accurate to the last bit or two.
+Some exist because, with Keras 3.15, `ops.tanh`, `ops.arctanh` and
+`ops.norm` return float32 for float64 inputs on JAX (x64 enabled), and
+`ops.matmul` computes float64 products in float32 on PyTorch. These forms
+stay in the input's dtype on every backend.
 """
 
+import keras
 from keras import ops
 
 
-def tanh(x):
-    """tanh(x) = sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|}), no cancellation."""
-    e = ops.exp(-2.0 * ops.abs(x))
-    return ops.sign(x) * (-ops.expm1(-2.0 * ops.abs(x))) / (1.0 + e)
+def tanh(a):
+    """tanh(a) = sign(a) (1 - e) / (1 + e), e = exp(-2|a|); 1 - e = -expm1(-2|a|)
+    keeps full relative precision for small |a|."""
+    e_minus_one = ops.expm1(-2.0 * ops.abs(a))
+    t = -e_minus_one / (2.0 + e_minus_one)
+    return ops.where(a < 0, -t, t)
 
 
 def arctanh(z):
@@ -19,6 +23,20 @@ def arctanh(z):
     return 0.5 * (ops.log1p(z) - ops.log1p(-z))
 
 
-def norm(x, axis=-1, keepdims=False):
-    """Euclidean norm along `axis`."""
-    return ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=keepdims))
+def dot(x, w):
+    """Sum of x * w over the last axis."""
+    return ops.sum(x * w, axis=-1)
+
+
+def safe_norm(d):
+    """|d| over the last axis, with a finite gradient at d = 0."""
+    sq = ops.sum(ops.square(d), axis=-1)
+    positive = sq > 0
+    return ops.where(positive, ops.sqrt(ops.where(positive, sq, ops.ones_like(sq))),
+                     ops.zeros_like(sq))
+
+
+def small_normal(seed, offset, stddev=0.01):
+    """N(0, stddev^2) initializer seeded from `seed + offset` (or unseeded)."""
+    return keras.initializers.RandomNormal(
+        stddev=stddev, seed=None if seed is None else int(seed) + offset)
