@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the whole test suite once per backend: TensorFlow, JAX, PyTorch.
+# Extra arguments go to pytest, e.g. `scripts/test.sh -k moons`.
+set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+passed=0; failed=0; status=0
+for backend in tensorflow jax torch; do
+  echo "=== KERAS_BACKEND=$backend"
+  start=$SECONDS
+  log=$(mktemp)
+  KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$log"
+  code=${PIPESTATUS[0]}
+  [ "$code" -eq 0 ] || status=1
+  p=$(grep -oE '[0-9]+ passed' "$log" | tail -1 | cut -d' ' -f1); passed=$((passed + ${p:-0}))
+  f=$(grep -oE '[0-9]+ (failed|error)' "$log" | awk '{s+=$1} END {print s+0}'); failed=$((failed + f))
+  [ "$code" -eq 0 ] || [ "$f" -gt 0 ] || failed=$((failed + 1))
+  echo "=== $backend: exit $code in $((SECONDS - start)) s"
+  rm -f "$log"
+done
+echo "total: $passed passed, $failed failed"
+exit $status
