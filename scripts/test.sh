@@ -3,6 +3,7 @@
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k moons`.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+set +e   # run every backend, then report
 passed=0; failed=0; status=0
 for backend in tensorflow jax torch; do
   echo "=== KERAS_BACKEND=$backend"

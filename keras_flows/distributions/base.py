@@ -51,5 +51,6 @@ class Distribution(keras.layers.Layer):
 
 def normal_log_prob(z, loc, log_scale):
     """Elementwise log N(z; loc, exp(log_scale)^2)."""
+    loc, log_scale = ops.cast(loc, z.dtype), ops.cast(log_scale, z.dtype)
     u = (z - loc) * ops.exp(-log_scale)
     return -0.5 * ops.square(u) - log_scale - 0.5 * math.log(2.0 * math.pi)
