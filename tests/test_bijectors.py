@@ -6,6 +6,8 @@ remembering to add it. Weights are randomised after building, so that no
 check passes because a layer starts at the identity.
 """
 
+import functools
+
 import numpy as np
 import keras
 import pytest
@@ -55,7 +57,40 @@ CASES = {
                           _normal, _normal),
     "Planar": (lambda d: kb.Planar(seed=2, dtype=d), (3,), None, _normal, _normal),
     "Radial": (lambda d: kb.Radial(seed=2, dtype=d), (3,), None, _normal, _normal),
+    # Images (B, H, W, C): small enough for the dense Jacobian (<= 32 dims).
+    "Squeeze": (lambda d: kb.Squeeze(dtype=d), (4, 4, 2), None, _normal, _normal),
+    "Rescale": (lambda d: kb.Rescale(dtype=d), (2, 2, 1), None, _uniform(0.5, 255.5),
+                _uniform(-0.49, 0.49)),
+    "Rescale[5bit]": (lambda d: kb.Rescale(n_bits=5, dtype=d), (2, 2, 1), None,
+                      _uniform(0.5, 31.5), _uniform(-0.49, 0.49)),
+    "LogitTransform": (lambda d: kb.LogitTransform(dtype=d), (2, 2, 1), None,
+                       _uniform(0.5, 255.5), _normal),
+    "InvertibleConv1x1": (lambda d: kb.InvertibleConv1x1(seed=1, dtype=d), (2, 2, 3),
+                          None, _normal, _normal),
+    "InvertibleConv1x1[lu]": (lambda d: kb.InvertibleConv1x1(lu=True, seed=1, dtype=d),
+                              (2, 2, 3), None, _normal, _normal),
+    "AffineCoupling[image]": (
+        lambda d: kb.AffineCoupling(hidden_channels=8, dtype=d), (4, 4, 2), None,
+        _normal, _normal),
+    "AffineCoupling[checkerboard]": (
+        lambda d: kb.AffineCoupling(hidden_channels=8, mask="checkerboard", dtype=d),
+        (4, 4, 2), None, _normal, _normal),
+    "AdditiveCoupling[checkerboard]": (
+        lambda d: kb.AdditiveCoupling(hidden_channels=8, mask="checkerboard", reverse=True,
+                                      dtype=d),
+        (4, 4, 2), None, _normal, _normal),
+    "AffineCoupling[image,context]": (
+        lambda d: kb.AffineCoupling(hidden_channels=8, reverse=True, context_shape=(2,),
+                                    dtype=d),
+        (4, 4, 2), (2,), _normal, _normal),
 }
+
+
+@functools.lru_cache(maxsize=None)
+def latent_shape(name):
+    """The case's latent event shape (differs from the data's for Squeeze)."""
+    factory, event_shape, _, _, _ = CASES[name]
+    return tuple(factory("float32").compute_output_shape((None, *event_shape))[1:])
 
 
 def make(name, dtype="float32", seed=0):
@@ -73,8 +108,8 @@ def make(name, dtype="float32", seed=0):
 def sample(name, which, n, seed=0, dtype="float32"):
     _, event_shape, context_shape, data, latent = CASES[name]
     rng = np.random.default_rng(seed + 100)
-    draw = data if which == "x" else latent
-    x = draw(rng, (n, *event_shape)).astype(dtype)
+    draw, shape = (data, event_shape) if which == "x" else (latent, latent_shape(name))
+    x = draw(rng, (n, *shape)).astype(dtype)
     c = None if context_shape is None else rng.normal(size=(n, *context_shape)).astype(dtype)
     return x, c
 

@@ -2,20 +2,25 @@
 
 from keras_flows.bijectors.base import Bijector
 from keras_flows.bijectors.composition import Chain, Invert
+from keras_flows.bijectors.conv import InvertibleConv1x1
 from keras_flows.bijectors.coupling import AdditiveCoupling, AffineCoupling
 from keras_flows.bijectors.elementwise import ElementwiseAffine, Sigmoid, Tanh
 from keras_flows.bijectors.linear import LULinear
 from keras_flows.bijectors.normalization import ActNorm, BatchNorm
 from keras_flows.bijectors.permutation import RandomPermutation, Reverse
 from keras_flows.bijectors.planar import Planar
+from keras_flows.bijectors.preprocessing import LogitTransform, Rescale
 from keras_flows.bijectors.radial import Radial
+from keras_flows.bijectors.reshape import Squeeze
 
 __all__ = [
     "Bijector", "Chain", "Invert",
     "AdditiveCoupling", "AffineCoupling",
     "ElementwiseAffine", "Sigmoid", "Tanh",
-    "LULinear",
+    "LULinear", "InvertibleConv1x1",
     "ActNorm", "BatchNorm",
     "RandomPermutation", "Reverse",
     "Planar", "Radial",
+    "Squeeze",
+    "Rescale", "LogitTransform",
 ]

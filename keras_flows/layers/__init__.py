@@ -1,3 +1,3 @@
-from keras_flows.layers.conditioners import MLP
+from keras_flows.layers.conditioners import MLP, ConvNet
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "ConvNet"]

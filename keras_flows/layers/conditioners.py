@@ -52,3 +52,69 @@ class MLP(keras.layers.Layer):
         config.update(output_dim=self.output_dim, hidden_units=list(self.hidden_units),
                       activation=self.activation)
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_flows")
+class ConvNet(keras.layers.Layer):
+    """Glow's coupling network on images `(B, H, W, C)`; the last conv starts
+    at zero.
+
+    h_1 = relu(conv_kxk(x));  h_2 = relu(conv_1x1(h_1));
+    out = conv_kxk(h_2), its kernel and bias zero at initialisation
+
+    Every convolution keeps the spatial size (`padding="same"`), so the output
+    is `(B, H, W, output_channels)`. As with `MLP`, the zero output makes a
+    coupling that uses it start as the identity.
+
+    Args:
+        output_channels: channels of the output.
+        hidden_channels: channels of the two hidden layers (512 in Glow).
+        kernel_size: size of the first and last (square) kernels.
+
+    Reference: Kingma & Dhariwal 2018, "Glow", arXiv:1807.03039.
+    """
+
+    def __init__(self, output_channels, hidden_channels=512, kernel_size=3, **kwargs):
+        super().__init__(**kwargs)
+        self.output_channels = int(output_channels)
+        self.hidden_channels = int(hidden_channels)
+        self.kernel_size = int(kernel_size)
+        self.hidden = [
+            keras.layers.Conv2D(self.hidden_channels, self.kernel_size, padding="same",
+                                activation="relu", dtype=self.dtype_policy,
+                                name="conv_0"),
+            keras.layers.Conv2D(self.hidden_channels, 1, padding="same",
+                                activation="relu", dtype=self.dtype_policy,
+                                name="conv_1"),
+        ]
+        self.out = keras.layers.Conv2D(
+            self.output_channels, self.kernel_size, padding="same",
+            kernel_initializer="zeros", bias_initializer="zeros",
+            dtype=self.dtype_policy, name="out",
+        )
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                "ConvNet acts on images: expected input shape (batch, H, W, C); "
+                f"got {tuple(input_shape)}."
+            )
+        for layer in self.hidden:
+            layer.build(input_shape)
+            input_shape = layer.compute_output_shape(input_shape)
+        self.out.build(input_shape)
+
+    def call(self, x):
+        for layer in self.hidden:
+            x = layer(x)
+        return self.out(x)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.output_channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(output_channels=self.output_channels,
+                      hidden_channels=self.hidden_channels,
+                      kernel_size=self.kernel_size)
+        return config

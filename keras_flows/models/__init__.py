@@ -1,5 +1,7 @@
 from keras_flows.models.flow import Flow
+from keras_flows.models.glow import Glow
+from keras_flows.models.image_flow import ImageFlow
 from keras_flows.models.nice import NICE
-from keras_flows.models.realnvp import RealNVP
+from keras_flows.models.realnvp import ImageRealNVP, RealNVP
 
-__all__ = ["Flow", "NICE", "RealNVP"]
+__all__ = ["Flow", "NICE", "RealNVP", "ImageFlow", "Glow", "ImageRealNVP"]

@@ -1,0 +1,87 @@
+"""Learned Gaussian priors of multi-scale image flows (Glow)."""
+
+import keras
+from keras import ops
+
+from keras_flows.bijectors.base import sum_except_batch
+from keras_flows.distributions.base import normal_log_prob
+
+
+class _GaussianPrior(keras.layers.Layer):
+    """N(mu, diag(sigma^2)) whose parameters come from `_params(...)`."""
+
+    def log_prob(self, z, *given):
+        loc, log_scale = self._params(z, *given)
+        return sum_except_batch(normal_log_prob(z, loc, log_scale))
+
+    def sample(self, shape, *given, temperature=1.0, seed=None):
+        eps = keras.random.normal(shape, seed=seed, dtype=self.compute_dtype)
+        loc, log_scale = self._params(eps, *given)
+        return loc + ops.exp(log_scale) * temperature * eps
+
+
+@keras.saving.register_keras_serializable(package="keras_flows")
+class SplitPrior(_GaussianPrior):
+    """Glow's prior for a factored-out half `z` given the kept half `h`.
+
+    p(z | h) = N(z; mu(h), diag(exp(log_sigma(h))^2)),
+    [mu, log_sigma] = Conv3x3(h), zero-initialised (so it starts at N(0, I)).
+
+    Args:
+        channels: channels of `z`.
+    """
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+        self.conv = keras.layers.Conv2D(2 * self.channels, 3, padding="same",
+                                        kernel_initializer="zeros", dtype=self.dtype_policy,
+                                        name="conv")
+
+    def _params(self, z, h):
+        out = self.conv(h)
+        return out[..., 0::2], out[..., 1::2]
+
+    def get_config(self):
+        config = super().get_config()
+        config["channels"] = self.channels
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_flows")
+class TopPrior(_GaussianPrior):
+    """Learned prior of the last latent, optionally class-conditional.
+
+    p(z | y) = N(z; mu + A onehot(y), diag(exp(s + B onehot(y))^2)), with the
+    per-position `mu`, `s` and the class maps A, B all starting at zero.
+
+    Args:
+        shape: shape of the latent, (H, W, C).
+        num_classes: number of classes for `y`, or None.
+    """
+
+    def __init__(self, shape, num_classes=None, **kwargs):
+        super().__init__(**kwargs)
+        self.shape = tuple(int(d) for d in shape)
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.loc = self.add_weight(shape=self.shape, initializer="zeros", name="loc")
+        self.log_scale = self.add_weight(shape=self.shape, initializer="zeros",
+                                          name="log_scale")
+        if self.num_classes is not None:
+            self.class_map = keras.layers.Dense(
+                2 * self.shape[-1], kernel_initializer="zeros", dtype=self.dtype_policy,
+                name="class_map")
+            self.class_map.build((None, self.num_classes))
+
+    def _params(self, z, y=None):
+        loc, log_scale = self.loc, self.log_scale
+        if self.num_classes is not None:
+            out = self.class_map(ops.one_hot(y, self.num_classes, dtype=self.compute_dtype))
+            loc = loc + out[:, None, None, 0::2]
+            log_scale = log_scale + out[:, None, None, 1::2]
+        return loc, log_scale
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(shape=list(self.shape), num_classes=self.num_classes)
+        return config
