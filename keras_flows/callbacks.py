@@ -34,7 +34,6 @@ class NaNGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            self.model.stop_training = True
             raise FloatingPointError(
                 f"The loss became {loss} at batch {batch}. Lower the learning rate, "
                 "add warmup or gradient clipping (clipnorm), or check the data; the "
@@ -57,7 +56,8 @@ class TimeBudget(keras.callbacks.Callback):
 
 
 class SampleGrid(keras.callbacks.Callback):
-    """After each epoch: writes a PNG of samples and logs `test_bits_per_dim`.
+    """After each epoch: writes a PNG of samples and logs `test_bits_per_dim`
+    (and `wall_clock_seconds` since training began).
 
     Args:
         directory: where `samples_epoch_{N}.png` go.
@@ -76,6 +76,9 @@ class SampleGrid(keras.callbacks.Callback):
         self.num_samples = num_samples
         self.temperature = temperature
         self.seed = seed
+
+    def on_train_begin(self, logs=None):
+        self.start = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
         from keras_flows.utils.images import save_image_grid
@@ -96,4 +99,21 @@ class SampleGrid(keras.callbacks.Callback):
         value = float(np.mean(np.concatenate(bpd)))
         if logs is not None:
             logs["test_bits_per_dim"] = value
+            logs["wall_clock_seconds"] = round(time.time() - self.start, 1)
         print(f" - test bits/dim {value:.4f}")
+
+
+class Checkpoint(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that also saves at every epoch's end.
+
+    Saves the weights, optimizer state and epoch every `save_freq` steps and
+    after each epoch; a new `fit` with the same `backup_dir` resumes from the
+    last save. From an epoch's end the resume is exact; after an interruption
+    mid-epoch, training continues from the last step checkpoint's weights and
+    optimizer state, re-reading that epoch's data from its start.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self.save_freq != "epoch":
+            self._save_model()

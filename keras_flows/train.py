@@ -3,8 +3,9 @@
     python -m keras_flows.train zoo/glow_mnist_small.json --out runs/glow_mnist \
         --data ../shared/datasets/mnist.npz --max-minutes 20
 
-Checkpoints go to OUT/backup every `checkpoint_every` steps; running the same
-command again resumes from the last one. Each epoch writes a sample grid and
+Checkpoints go to OUT/backup every `checkpoint_every` steps and after every
+epoch; running the same command again resumes from the last one (see
+`keras_flows.callbacks.Checkpoint`). Each epoch writes a sample grid and
 logs the test bits/dim (OUT/log.csv); the end writes OUT/model.keras and
 OUT/results.json with the full-test-split bits/dim, parameter count, steps,
 wall-clock time, machine and the command.
@@ -22,7 +23,7 @@ import keras
 from keras import ops
 
 import keras_flows as kf
-from keras_flows.callbacks import NaNGuard, SampleGrid, TimeBudget, Warmup
+from keras_flows.callbacks import Checkpoint, NaNGuard, SampleGrid, TimeBudget, Warmup
 
 
 def test_bits_per_dim(flow, images, labels=None, batch_size=500):
@@ -70,9 +71,8 @@ def main(argv=None):
           f"backend {keras.backend.backend()}")
 
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(args.out, "backup"),
-                                         save_freq=train.get("checkpoint_every", "epoch"),
-                                         delete_checkpoint=False),
+        Checkpoint(os.path.join(args.out, "backup"),
+                   save_freq=train.get("checkpoint_every", "epoch"), delete_checkpoint=False),
         NaNGuard(),
         SampleGrid(args.out, x_test[:args.eval_images],
                    labels=None if labels is None else labels[:args.eval_images]),
@@ -83,7 +83,7 @@ def main(argv=None):
     start = time.time()
     history = flow.fit(train_ds, epochs=args.epochs or train["epochs"],
                        steps_per_epoch=args.steps_per_epoch or train.get("steps_per_epoch"),
-                       callbacks=callbacks, verbose=2)
+                       callbacks=callbacks, shuffle=False, verbose=2)
     seconds = time.time() - start
     bpd = test_bits_per_dim(flow, x_test, labels)
     flow.save(os.path.join(args.out, "model.keras"))

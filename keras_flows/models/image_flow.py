@@ -9,6 +9,7 @@ from keras import ops
 from keras_flows.bijectors import LogitTransform, Rescale
 from keras_flows.distributions.conditional import SplitPrior, TopPrior
 from keras_flows.layers.preprocessing import Dequantize
+from keras_flows import metrics
 from keras_flows.models.flow import Flow
 from keras_flows.utils.backend import is_concrete
 from keras_flows.utils.checks import check_event
@@ -161,7 +162,7 @@ class ImageFlow(Flow):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         nll = super().compute_loss(x, y, y_pred, sample_weight, training)
-        return nll / (math.prod(self.image_shape) * math.log(2.0))
+        return metrics.bits_per_dim(-nll, math.prod(self.image_shape))
 
     def bits_per_dim(self, images, context=None, num_samples=None, seed=None):
         """Bits per dimension of each image: -log p(x) / (D log 2).
@@ -181,7 +182,7 @@ class ImageFlow(Flow):
                     ops.shape(x), seed=generator, dtype=x.dtype))
                 for _ in range(int(num_samples))])
             log_p = ops.logsumexp(draws, axis=0) - math.log(int(num_samples))
-        return -log_p / (math.prod(self.image_shape) * math.log(2.0))
+        return metrics.bits_per_dim(log_p, math.prod(self.image_shape))
 
     def encode(self, x, context=None):
         """The latents `[z_1, ..., z_L]` of each image (bin midpoints)."""

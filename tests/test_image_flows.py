@@ -1,0 +1,175 @@
+"""Glow and multi-scale RealNVP on real MNIST; bits/dim on known answers."""
+
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import keras
+import pytest
+from keras import ops
+
+import keras_flows as kf
+from keras_flows.layers.preprocessing import Dequantize
+
+MNIST = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist.npz"
+
+
+def numpy(x):
+    return ops.convert_to_numpy(x)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    x_train, y_train, x_test, y_test = kf.datasets.load_arrays("mnist", path=str(MNIST))
+    return x_train, y_train.astype("int32"), x_test, y_test.astype("int32")
+
+
+def tiny_glow(**kwargs):
+    return kf.Glow(image_shape=(28, 28, 1), levels=2, steps_per_level=2, hidden_channels=16,
+                   seed=0, **kwargs)
+
+
+def tiny_realnvp():
+    return kf.RealNVP(image_shape=(28, 28, 1), levels=2, hidden_channels=8, seed=0)
+
+
+@pytest.mark.parametrize("n_bits", [8, 5])
+def test_a_uniform_density_is_exactly_n_bits_per_dim(n_bits):
+    # logit(x / B) of x ~ U[0, B) is standard logistic: the flow below is the
+    # uniform density on [0, B)^D, whose discrete figure is n_bits.
+    shape = (4, 4, 1)
+    flow = kf.Flow(kf.LogitTransform(alpha=0.0, n_bits=n_bits), event_shape=shape,
+                   base=kf.StandardLogistic(shape))
+    images = np.random.default_rng(0).integers(0, 256, size=(6, *shape)).astype("uint8")
+    dequantize = Dequantize(n_bits)
+    for training in (False, True):
+        y = dequantize(images.astype("float32"), training=training)
+        bpd = kf.metrics.bits_per_dim(flow.log_prob(y), math.prod(shape))
+        np.testing.assert_allclose(numpy(bpd), n_bits, rtol=1e-5)
+
+
+def test_bits_per_dim_is_nll_over_d_log_2_on_the_pixel_scale(mnist):
+    flow = tiny_glow()
+    images = mnist[2][:8]
+    log_p = numpy(flow.log_prob(images))
+    np.testing.assert_allclose(numpy(flow.bits_per_dim(images)),
+                               -log_p / (784 * math.log(2.0)), rtol=1e-6)
+
+
+def test_importance_sampled_bits_per_dim_tightens_with_more_samples(mnist):
+    flow = tiny_glow()
+    flow.compile(optimizer=keras.optimizers.Adamax(1e-3))
+    flow.fit(mnist[0][:256], batch_size=64, epochs=1, verbose=0)
+    images = mnist[2][:16]
+    one = numpy(flow.bits_per_dim(images, num_samples=1, seed=0)).mean()
+    many = numpy(flow.bits_per_dim(images, num_samples=8, seed=0)).mean()
+    assert many <= one + 1e-3
+
+
+@pytest.mark.parametrize("make", [tiny_glow, tiny_realnvp])
+def test_decode_encode_is_exact_on_real_mnist(make, mnist):
+    flow = make()
+    flow.compile(optimizer=keras.optimizers.Adamax(1e-3))
+    flow.fit(mnist[0][:128], batch_size=64, epochs=1, verbose=0)   # ActNorm initialised
+    images = mnist[2][:16]
+    latents = flow.encode(images)
+    assert len(latents) == 2
+    np.testing.assert_array_equal(numpy(flow.decode(latents)), images.astype("float32"))
+
+
+def test_a_tiny_glow_learns_real_mnist(mnist):
+    keras.utils.set_random_seed(0)
+    flow = tiny_glow()
+    flow.compile(optimizer=keras.optimizers.Adamax(
+        kf.callbacks.Warmup(2e-3, 20), clipnorm=50.0))
+    history = flow.fit(mnist[0][:3000], batch_size=64, epochs=2, verbose=0)
+    test_bpd = float(numpy(flow.bits_per_dim(mnist[2][:500])).mean())
+    assert np.isfinite(history.history["loss"]).all()
+    assert test_bpd < 6.0, test_bpd     # uniform is 8.0
+
+
+def test_class_conditional_glow_samples_and_scores(mnist, tmp_path):
+    flow = tiny_glow(num_classes=10)
+    flow.compile(optimizer=keras.optimizers.Adamax(1e-3))
+    flow.fit({"x": mnist[0][:128], "context": mnist[1][:128]}, batch_size=64, epochs=1,
+             verbose=0)
+    samples = numpy(flow.sample(10, context=np.arange(10), temperature=0.7, seed=0))
+    assert samples.shape == (10, 28, 28, 1)
+    assert samples.min() >= 0 and samples.max() <= 255
+    assert np.all(samples == np.round(samples))
+    bpd = numpy(flow.bits_per_dim(mnist[2][:4], mnist[3][:4]))
+    path = str(tmp_path / "cond.keras")
+    flow.save(path)
+    np.testing.assert_array_equal(
+        numpy(keras.saving.load_model(path).bits_per_dim(mnist[2][:4], mnist[3][:4])), bpd)
+
+
+def test_sampling_is_seeded_and_temperature_zero_is_deterministic():
+    flow = kf.Glow(image_shape=(8, 8, 3), levels=2, steps_per_level=1, hidden_channels=8,
+                   seed=0)
+    np.testing.assert_array_equal(numpy(flow.sample(2, seed=1)), numpy(flow.sample(2, seed=1)))
+    cold = numpy(flow.sample(2, temperature=0.0, seed=1))
+    np.testing.assert_array_equal(cold[0], cold[1])
+
+
+@pytest.mark.parametrize("images, message", [
+    (np.zeros((2, 32, 32, 1)), r"shape \(batch, 28, 28, 1\)"),
+    (np.zeros((2, 28, 28, 3)), r"shape \(batch, 28, 28, 1\)"),
+    (np.full((2, 28, 28, 1), 256.0), r"\[0, 256\)"),
+    (np.full((2, 28, 28, 1), -1.0), r"\[0, 256\)"),
+    (np.full((2, 28, 28, 1), np.nan), "NaN"),
+])
+def test_bad_images_are_refused(images, message):
+    flow = tiny_glow()
+    with pytest.raises(ValueError, match=message):
+        flow.bits_per_dim(images)
+    with pytest.raises(ValueError, match=message):
+        flow.log_prob(images)
+
+
+def test_context_errors_for_class_conditional_glow():
+    flow = tiny_glow(num_classes=10)
+    images = np.zeros((2, 28, 28, 1))
+    with pytest.raises(ValueError, match="class-conditional"):
+        flow.bits_per_dim(images)
+    with pytest.raises(ValueError, match=r"in \[0, 10\)"):
+        flow.bits_per_dim(images, np.array([0, 10]))
+    with pytest.raises(ValueError, match="one per sample"):
+        flow.sample(3, context=np.arange(2))
+    with pytest.raises(ValueError, match="not class-conditional"):
+        tiny_glow().bits_per_dim(images, np.array([0, 1]))
+
+
+def test_odd_sizes_are_refused():
+    with pytest.raises(ValueError, match="divisible by 2"):
+        kf.Glow(image_shape=(28, 28, 1), levels=3, steps_per_level=1, hidden_channels=8)
+
+
+LOAD = """
+import sys, numpy as np, keras, keras_flows
+from keras import ops
+flow = keras.saving.load_model(sys.argv[1])
+np.save(sys.argv[3], ops.convert_to_numpy(flow.bits_per_dim(np.load(sys.argv[2]))))
+"""
+
+
+def test_the_same_glow_weights_give_the_same_bits_per_dim_on_every_backend(mnist, tmp_path):
+    flow = tiny_glow()
+    flow.compile(optimizer=keras.optimizers.Adamax(1e-3))
+    flow.fit(mnist[0][:128], batch_size=64, epochs=1, verbose=0)
+    path, inputs = str(tmp_path / "glow.keras"), str(tmp_path / "images.npy")
+    flow.save(path)
+    np.save(inputs, mnist[2][:8])
+    expected = numpy(flow.bits_per_dim(mnist[2][:8]))
+    for backend in ("tensorflow", "jax", "torch"):
+        if backend == keras.backend.backend():
+            continue
+        out = str(tmp_path / f"{backend}.npy")
+        run = subprocess.run([sys.executable, "-c", LOAD, path, inputs, out],
+                             env=dict(os.environ, KERAS_BACKEND=backend),
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-3000:]
+        np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, err_msg=backend)
