@@ -3,8 +3,23 @@
 import keras
 
 
+class _Stack(keras.layers.Layer):
+    """`self.hidden` layers in order, then `self.out`."""
+
+    def build(self, input_shape):
+        for layer in self.hidden:
+            layer.build(input_shape)
+            input_shape = layer.compute_output_shape(input_shape)
+        self.out.build(input_shape)
+
+    def call(self, x):
+        for layer in self.hidden:
+            x = layer(x)
+        return self.out(x)
+
+
 @keras.saving.register_keras_serializable(package="keras_flows")
-class MLP(keras.layers.Layer):
+class MLP(_Stack):
     """Dense network whose last layer starts at zero.
 
     h_0 = x;  h_i = act(W_i h_{i-1} + b_i);  out = W_o h_n + b_o, W_o = b_o = 0
@@ -33,17 +48,6 @@ class MLP(keras.layers.Layer):
             dtype=self.dtype_policy, name="out",
         )
 
-    def build(self, input_shape):
-        for layer in self.hidden:
-            layer.build(input_shape)
-            input_shape = layer.compute_output_shape(input_shape)
-        self.out.build(input_shape)
-
-    def call(self, x):
-        for layer in self.hidden:
-            x = layer(x)
-        return self.out(x)
-
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.output_dim)
 
@@ -55,7 +59,7 @@ class MLP(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
-class ConvNet(keras.layers.Layer):
+class ConvNet(_Stack):
     """Glow's coupling network on images `(B, H, W, C)`; the last conv starts
     at zero.
 
@@ -99,15 +103,7 @@ class ConvNet(keras.layers.Layer):
                 "ConvNet acts on images: expected input shape (batch, H, W, C); "
                 f"got {tuple(input_shape)}."
             )
-        for layer in self.hidden:
-            layer.build(input_shape)
-            input_shape = layer.compute_output_shape(input_shape)
-        self.out.build(input_shape)
-
-    def call(self, x):
-        for layer in self.hidden:
-            x = layer(x)
-        return self.out(x)
+        super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.output_channels)
