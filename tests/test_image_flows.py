@@ -173,3 +173,23 @@ def test_the_same_glow_weights_give_the_same_bits_per_dim_on_every_backend(mnist
                              capture_output=True, text=True)
         assert run.returncode == 0, run.stderr[-3000:]
         np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, err_msg=backend)
+
+
+@pytest.mark.parametrize("model", ["Glow", "RealNVP"])
+def test_fit_on_real_cifar10_through_the_tf_data_pipeline(model):
+    cifar10 = MNIST.parent / "cifar10.npz"
+    train, test = kf.datasets.load("cifar10", batch_size=16, path=str(cifar10), seed=0,
+                                   flip=True, drop_remainder=True)
+    if model == "Glow":
+        flow = kf.Glow(image_shape=(32, 32, 3), levels=2, steps_per_level=1,
+                       hidden_channels=8, seed=0)
+    else:
+        flow = kf.RealNVP(image_shape=(32, 32, 3), levels=2, hidden_channels=8, seed=0)
+    flow.compile(optimizer=keras.optimizers.Adamax(1e-3, clipnorm=50.0))
+    history = flow.fit(train, epochs=2, steps_per_epoch=3, validation_data=test.take(1),
+                       verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert np.isfinite(history.history["val_loss"]).all()
+    images = next(iter(test))[:4].numpy()
+    np.testing.assert_array_equal(numpy(flow.decode(flow.encode(images))),
+                                  images.astype("float32"))
