@@ -199,7 +199,7 @@ def test_celeb_a_folder_is_cropped_and_resized(tmp_path):
 
 @pytest.mark.parametrize("name, shape", [("mnist", (28, 28, 1)), ("celeb_a", (64, 64, 3))])
 def test_tfds_source_with_mock_data(name, shape, monkeypatch):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     monkeypatch.delenv("KERAS_FLOWS_DATA", raising=False)
     with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
         train, test = load(name, batch_size=4, seed=0, flip=True, with_labels=True)
