@@ -13,12 +13,13 @@ results = json.loads((run / "results.json").read_text())
 print(f"{results['model']} ({results['config']}), {results['parameters']:,} parameters, "
       f"backend {results['backend']}, {results['hardware']}, {results['date']}")
 print(f"`{results['command']}`\n")
-print("| epoch | wall clock (s) | train loss (bits/dim) | test bits/dim (first 1000) |")
+print("| epoch | wall clock (s) | train loss (bits/dim) | test bits/dim, midpoints, first 1000 |")
 print("| --- | --- | --- | --- |")
 with open(run / "log.csv") as f:
     for row in csv.DictReader(f):
         print(f"| {int(row['epoch']) + 1} | {float(row['wall_clock_seconds']):.0f} | "
               f"{float(row['loss']):.3f} | {float(row['test_bits_per_dim']):.3f} |")
-print(f"\nFinal: {results['test_bits_per_dim']:.3f} bits/dim on all "
-      f"{results['test_images']:,} test images after {results['optimizer_steps']:,} steps "
-      f"({results['evaluation']}).")
+print(f"\nFinal, all {results['test_images']:,} test images after "
+      f"{results['optimizer_steps']:,} steps: {results['test_bits_per_dim']:.3f} bits/dim "
+      f"(uniform dequantization, one draw per image), "
+      f"{results['test_bits_per_dim_midpoint']:.3f} at bin midpoints.")

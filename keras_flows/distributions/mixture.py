@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_flows.distributions.base import Distribution, normal_log_prob
+from keras_flows.utils.random import seed_generator
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -40,8 +41,7 @@ class GaussianMixture(Distribution):
         return ops.logsumexp(ops.log_softmax(self.logits) + per_component, axis=-1)
 
     def sample(self, n, seed=None, temperature=1.0):
-        seed = seed if isinstance(seed, keras.random.SeedGenerator) else (
-            keras.random.SeedGenerator(seed))
+        seed = seed_generator(seed)
         logits = ops.broadcast_to(ops.log_softmax(self.logits), (int(n), self.num_components))
         k = ops.reshape(keras.random.categorical(logits, 1, seed=seed), (-1,))
         loc = ops.take(self.loc, k, axis=0)

@@ -13,6 +13,7 @@ from keras_flows import metrics
 from keras_flows.models.flow import Flow
 from keras_flows.utils.backend import is_concrete
 from keras_flows.utils.checks import check_event
+from keras_flows.utils.random import seed_generator
 
 
 class ImageFlow(Flow):
@@ -176,7 +177,7 @@ class ImageFlow(Flow):
         if num_samples is None:
             log_p = self._log_prob(x, context)
         else:
-            generator = keras.random.SeedGenerator(seed)
+            generator = seed_generator(seed)
             draws = ops.stack([
                 self._log_prob(x, context, noise=keras.random.uniform(
                     ops.shape(x), seed=generator, dtype=x.dtype))
@@ -210,8 +211,7 @@ class ImageFlow(Flow):
                                  "needs one per sample.")
         else:
             self._context(context)
-        seed = seed if isinstance(seed, keras.random.SeedGenerator) else (
-            keras.random.SeedGenerator(seed))
+        seed = seed_generator(seed)
         top = self.top_prior.sample((n, *self.top_prior.shape), context,
                                     temperature=temperature, seed=seed)
         return self._decode([None] * len(self.split_priors) + [top], temperature, seed)
