@@ -13,7 +13,9 @@ results = json.loads((run / "results.json").read_text())
 print(f"{results['model']} ({results['config']}), {results['parameters']:,} parameters, "
       f"backend {results['backend']}, {results['hardware']}, {results['date']}")
 print(f"`{results['command']}`\n")
-print("| epoch | wall clock (s) | train loss (bits/dim) | test bits/dim, midpoints, first 1000 |")
+if "evaluate_command" in results:
+    print(f"Final figures re-scored with `{results['evaluate_command']}`.\n")
+print("| epoch | wall clock (s) | train loss (bits/dim) | test bits/dim, midpoints, 1000-image subset |")
 print("| --- | --- | --- | --- |")
 with open(run / "log.csv") as f:
     for row in csv.DictReader(f):

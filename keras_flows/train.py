@@ -49,7 +49,7 @@ def main(argv=None):
     parser.add_argument("--steps-per-epoch", type=int, help="override steps per epoch")
     parser.add_argument("--max-minutes", type=float, help="stop training after this long")
     parser.add_argument("--eval-images", type=int, default=2000,
-                        help="test images scored after each epoch (default 2000)")
+                        help="random test images scored after each epoch (default 2000)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="score OUT/model.keras on the test split; no training")
     args = parser.parse_args(argv)
@@ -80,12 +80,14 @@ def main(argv=None):
         print(f"{config['model']}: {flow.count_params():,} parameters, "
               f"backend {keras.backend.backend()}")
 
+        # A seeded random subset: test files may be sorted by class.
+        subset = np.random.default_rng(0).permutation(len(x_test))[:args.eval_images]
         callbacks = [
             Checkpoint(os.path.join(args.out, "backup"),
                        save_freq=train.get("checkpoint_every", "epoch"), delete_checkpoint=False),
             NaNGuard(),
-            SampleGrid(args.out, x_test[:args.eval_images],
-                       labels=None if labels is None else labels[:args.eval_images]),
+            SampleGrid(args.out, x_test[subset],
+                       labels=None if labels is None else labels[subset]),
             keras.callbacks.CSVLogger(os.path.join(args.out, "log.csv"), append=True),
         ]
         if args.max_minutes:
