@@ -8,6 +8,8 @@ import numpy as np
 import keras
 from keras import ops
 
+from keras_flows.metrics import mean_bits_per_dim
+
 
 @keras.saving.register_keras_serializable(package="keras_flows")
 class Warmup(keras.optimizers.schedules.LearningRateSchedule):
@@ -91,12 +93,7 @@ class SampleGrid(keras.callbacks.Callback):
         samples = flow.sample(self.num_samples, context=context,
                               temperature=self.temperature, seed=self.seed)
         save_image_grid(samples, os.path.join(self.directory, f"samples_epoch_{epoch + 1}.png"))
-        bpd = []
-        for start in range(0, len(self.test_images), 500):
-            labels = None if self.labels is None else self.labels[start:start + 500]
-            bpd.append(ops.convert_to_numpy(
-                flow.bits_per_dim(self.test_images[start:start + 500], labels)))
-        value = float(np.mean(np.concatenate(bpd)))
+        value = mean_bits_per_dim(flow, self.test_images, self.labels)
         if logs is not None:
             logs["test_bits_per_dim"] = value
             logs["wall_clock_seconds"] = round(time.time() - self.start, 1)

@@ -25,18 +25,7 @@ from keras import ops
 
 import keras_flows as kf
 from keras_flows.callbacks import Checkpoint, NaNGuard, SampleGrid, TimeBudget, Warmup
-
-
-def test_bits_per_dim(flow, images, labels=None, num_samples=None, batch_size=500):
-    """Mean bits/dim: bin midpoints (`num_samples=None`) or the K-sample
-    uniform-dequantization estimate (K=1 is the papers' usual test figure)."""
-    values = []
-    seed = keras.random.SeedGenerator(0)
-    for start in range(0, len(images), batch_size):
-        context = None if labels is None else labels[start:start + batch_size]
-        values.append(ops.convert_to_numpy(flow.bits_per_dim(
-            images[start:start + batch_size], context, num_samples=num_samples, seed=seed)))
-    return float(np.mean(np.concatenate(values)))
+from keras_flows.metrics import mean_bits_per_dim
 
 
 def main(argv=None):
@@ -97,8 +86,8 @@ def main(argv=None):
                            steps_per_epoch=args.steps_per_epoch or train.get("steps_per_epoch"),
                            callbacks=callbacks, shuffle=False, verbose=2)
         seconds = time.time() - start
-    bpd = test_bits_per_dim(flow, x_test, labels, num_samples=1)
-    midpoint = test_bits_per_dim(flow, x_test, labels)
+    bpd = mean_bits_per_dim(flow, x_test, labels, num_samples=1)
+    midpoint = mean_bits_per_dim(flow, x_test, labels)
     results_path = os.path.join(args.out, "results.json")
     if args.evaluate_only:
         with open(results_path) as f:
