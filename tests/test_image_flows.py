@@ -1,10 +1,7 @@
 """Glow and multi-scale RealNVP on real MNIST; bits/dim on known answers."""
 
 import math
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import keras
@@ -12,6 +9,7 @@ import pytest
 from keras import ops
 
 import keras_flows as kf
+from cross_backend import on_other_backends
 from keras_flows.layers.preprocessing import Dequantize
 
 MNIST = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist.npz"
@@ -148,31 +146,14 @@ def test_odd_sizes_are_refused():
         kf.Glow(image_shape=(28, 28, 1), levels=3, steps_per_level=1, hidden_channels=8)
 
 
-LOAD = """
-import sys, numpy as np, keras, keras_flows
-from keras import ops
-flow = keras.saving.load_model(sys.argv[1])
-np.save(sys.argv[3], ops.convert_to_numpy(flow.bits_per_dim(np.load(sys.argv[2]))))
-"""
-
-
 def test_the_same_glow_weights_give_the_same_bits_per_dim_on_every_backend(mnist, tmp_path):
     flow = tiny_glow()
     flow.compile(optimizer=keras.optimizers.Adamax(1e-3))
     flow.fit(mnist[0][:128], batch_size=64, epochs=1, verbose=0)
-    path, inputs = str(tmp_path / "glow.keras"), str(tmp_path / "images.npy")
-    flow.save(path)
-    np.save(inputs, mnist[2][:8])
     expected = numpy(flow.bits_per_dim(mnist[2][:8]))
-    for backend in ("tensorflow", "jax", "torch"):
-        if backend == keras.backend.backend():
-            continue
-        out = str(tmp_path / f"{backend}.npy")
-        run = subprocess.run([sys.executable, "-c", LOAD, path, inputs, out],
-                             env=dict(os.environ, KERAS_BACKEND=backend),
-                             capture_output=True, text=True)
-        assert run.returncode == 0, run.stderr[-3000:]
-        np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, err_msg=backend)
+    for backend, result in on_other_backends(flow, "bits_per_dim", tmp_path,
+                                             images=mnist[2][:8]).items():
+        np.testing.assert_allclose(result, expected, rtol=1e-5, err_msg=backend)
 
 
 @pytest.mark.parametrize("model", ["Glow", "RealNVP"])
