@@ -28,6 +28,22 @@ from keras_flows.callbacks import Checkpoint, NaNGuard, SampleGrid, TimeBudget, 
 from keras_flows.metrics import mean_bits_per_dim
 
 
+def _override(config, item, parser):
+    key, sep, value = item.partition("=")
+    if not sep:
+        parser.error(f"--set takes KEY=VALUE; got {item!r}.")
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            parser.error(f"--set {key}: the config has no section {part!r}.")
+        node = node[part]
+    try:
+        node[leaf] = json.loads(value)
+    except json.JSONDecodeError:
+        node[leaf] = value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config", help="a JSON config from zoo/")
@@ -41,9 +57,17 @@ def main(argv=None):
                         help="random test images scored after each epoch (default 2000)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="score OUT/model.keras on the test split; no training")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config entry, e.g. --set model_config.levels=2 "
+                             "(VALUE is JSON, else a string); repeatable")
+    parser.add_argument("--preset", metavar="DIR",
+                        help="also write the trained model as a preset (config.json, "
+                             "model.weights.h5, metadata.json with the figures)")
     args = parser.parse_args(argv)
     with open(args.config) as f:
         config = json.load(f)
+    for item in args.set:
+        _override(config, item, parser)
     data, train = config["dataset"], config["training"]
     keras.utils.set_random_seed(train.get("seed", 0))
     if train.get("mixed_precision"):
@@ -117,7 +141,34 @@ def main(argv=None):
         json.dump(results, f, indent=2)
     print(f"test bits/dim {bpd:.4f} (uniform dequantization), {midpoint:.4f} (bin "
           f"midpoints), {results['optimizer_steps']} steps")
+    if args.preset:
+        save_preset(flow, config, results, args.preset, x_test, labels)
+        print(f"wrote the preset {args.preset}")
     return results
+
+
+CHECK_IMAGES = 256
+
+
+def check_subset(num_test):
+    """Indices of the test images whose bits/dim a preset records for its tests."""
+    return np.random.default_rng(0).permutation(num_test)[:CHECK_IMAGES]
+
+
+def save_preset(flow, config, results, directory, x_test, labels=None):
+    """Writes `flow` as a preset whose metadata holds the run's measured figures."""
+    subset = check_subset(len(x_test))
+    check = mean_bits_per_dim(flow, x_test[subset],
+                              None if labels is None else labels[subset])
+    flow.save_to_preset(
+        directory, description=config.get("description", config["model"]),
+        dataset=config["dataset"]["name"],
+        preprocessing=f"uniform dequantization, {getattr(flow, 'preprocessing', '')}, "
+                      f"{getattr(flow, 'n_bits', 8)} bits",
+        training=config["training"], **results,
+        check={"images": f"{CHECK_IMAGES} test images: numpy default_rng(0).permutation"
+                         f"({len(x_test)})[:{CHECK_IMAGES}]",
+               "bits_per_dim_midpoint": round(check, 5)})
 
 
 if __name__ == "__main__":

@@ -3,9 +3,16 @@
 import keras
 from keras import ops
 
+from keras_flows.utils.math import upcast
+
 
 def sum_except_batch(x):
-    """Sums every axis but the first: one value per example."""
+    """Sums every axis but the first: one value per example.
+
+    Half-precision terms (mixed precision) are summed in float32: a log-det
+    is a sum of thousands of terms, which bfloat16's 8-bit mantissa cannot hold.
+    """
+    x = upcast(x)
     if len(x.shape) == 1:
         return x
     return ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)

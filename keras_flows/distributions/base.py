@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+from keras_flows.utils.math import upcast
+
 
 class Distribution(keras.layers.Layer):
     """A density on `event_shape`, with `log_prob` and `sample`.
@@ -50,7 +52,8 @@ class Distribution(keras.layers.Layer):
 
 
 def normal_log_prob(z, loc, log_scale):
-    """Elementwise log N(z; loc, exp(log_scale)^2)."""
+    """Elementwise log N(z; loc, exp(log_scale)^2), in float32 for half-precision z."""
+    z = upcast(z)
     loc, log_scale = ops.cast(loc, z.dtype), ops.cast(log_scale, z.dtype)
     u = (z - loc) * ops.exp(-log_scale)
     return -0.5 * ops.square(u) - log_scale - 0.5 * math.log(2.0 * math.pi)

@@ -7,6 +7,15 @@ from keras import ops
 from keras_flows.bijectors.base import Bijector
 from keras_flows.distributions import Distribution, StandardNormal
 from keras_flows.utils.checks import check_event
+from keras_flows.utils.math import upcast
+
+
+class _classproperty:
+    def __init__(self, getter):
+        self.getter = getter
+
+    def __get__(self, instance, owner):
+        return self.getter(owner)
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -93,17 +102,17 @@ class Flow(keras.Model):
         return self._log_prob(x, context, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        nll = -y_pred
-        if nll.dtype in ("float16", "bfloat16"):
-            nll = ops.cast(nll, "float32")
-        if sample_weight is None:
-            loss = ops.mean(nll)
-        else:
-            w = ops.cast(ops.reshape(sample_weight, (-1,)), nll.dtype)
-            loss = ops.sum(w * nll) / ops.maximum(ops.sum(w), 1e-12)
+        loss = self._data_loss(upcast(-y_pred), sample_weight)
         for extra in self.losses:
             loss = loss + ops.cast(extra, loss.dtype)
         return loss
+
+    def _data_loss(self, nll, sample_weight):
+        """The mean negative log-likelihood (nats), weighted if asked."""
+        if sample_weight is None:
+            return ops.mean(nll)
+        w = ops.cast(ops.reshape(sample_weight, (-1,)), nll.dtype)
+        return ops.sum(w * nll) / ops.maximum(ops.sum(w), 1e-12)
 
     # -- the public API ---------------------------------------------------
     def _validate(self, x, context, name="x", shape=None, finite=True):
@@ -154,6 +163,43 @@ class Flow(keras.Model):
         if isinstance(inputs, np.ndarray):
             self._validate(inputs, context)
         return super().fit(x, y, *args, **kwargs)
+
+    # -- presets and export ----------------------------------------------
+    preset_family = None  # the registry names a family; None accepts every preset
+
+    @_classproperty
+    def presets(cls):
+        """The built-in presets this class loads: name -> metadata."""
+        from keras_flows.presets import list_presets
+
+        return list_presets(cls)
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **overrides):
+        """A model from a built-in preset name, a directory, `hf://` or a URL.
+
+        See `keras_flows.presets.from_preset`.
+        """
+        from keras_flows.presets import from_preset
+
+        return from_preset(preset, cls=cls, load_weights=load_weights, **overrides)
+
+    def save_to_preset(self, directory, **metadata):
+        """Writes `config.json`, `model.weights.h5` and `metadata.json`."""
+        from keras_flows.presets import save_to_preset
+
+        return save_to_preset(self, directory, **metadata)
+
+    def export(self, filepath, format="tf_saved_model", verbose=True, **kwargs):
+        """Writes a TF SavedModel with serving signatures, from any backend.
+
+        See `keras_flows.export.export_saved_model`.
+        """
+        from keras_flows.export import export_saved_model
+
+        if format != "tf_saved_model":
+            raise ValueError(f"Only format='tf_saved_model' is supported; got {format!r}.")
+        return export_saved_model(self, filepath, verbose=verbose, **kwargs)
 
     def get_config(self):
         config = super().get_config()

@@ -34,10 +34,14 @@ class Glow(ImageFlow):
         lu: LU-decompose the 1x1 convolutions.
         n_bits: bits per pixel value modelled (5 for Glow's CelebA-HQ).
         num_classes: for a class-conditional prior, or None.
+        class_loss_weight: Glow's `weight_y`: weight of the classification
+            loss on the top latent, in bits (needs `num_classes`; 0 = none).
         seed: seed of the random initial rotations and shuffles.
 
     Reference: arXiv:1807.03039.
     """
+
+    preset_family = "glow"
 
     def __init__(self, image_shape, levels=3, steps_per_level=32, hidden_channels=512,
                  coupling="affine", permutation="conv", lu=True, n_bits=8,

@@ -13,6 +13,7 @@ from keras_flows import metrics
 from keras_flows.models.flow import Flow
 from keras_flows.utils.backend import is_concrete
 from keras_flows.utils.checks import check_event
+from keras_flows.utils.math import upcast
 from keras_flows.utils.random import seed_generator
 
 
@@ -33,10 +34,15 @@ class ImageFlow(Flow):
     `fit` minimises and reports bits/dim. `encode` returns the list
     `[z_1, ..., z_L]`; `decode` inverts it exactly. For a class-conditional
     flow (`num_classes`), the context is the integer label, one per image.
+
+    With `class_loss_weight = w > 0` (Glow's `weight_y`), a linear classifier
+    on the spatial mean of the top latent predicts the label, and training
+    minimises `bits/dim + w * (-log2 q(y | x))`; `class_logits(images)` gives
+    its logits.
     """
 
     def __init__(self, image_shape, levels, n_bits=8, preprocessing="scale", alpha=0.05,
-                 num_classes=None, seed=None, **kwargs):
+                 num_classes=None, class_loss_weight=0.0, seed=None, **kwargs):
         keras.Model.__init__(self, **kwargs)
         self.image_shape = self.event_shape = tuple(int(d) for d in image_shape)
         if len(self.image_shape) != 3 or self.image_shape[-1] not in (1, 3):
@@ -74,6 +80,14 @@ class ImageFlow(Flow):
                     SplitPrior(shape[-1] // 2, dtype=dtype, name=f"split_prior_{index}"))
                 shape = (*shape[:-1], shape[-1] - shape[-1] // 2)
         self.top_prior = TopPrior(shape[1:], num_classes, dtype=dtype, name="top_prior")
+        self.class_loss_weight = float(class_loss_weight)
+        self.classifier = None
+        if self.class_loss_weight:
+            if num_classes is None:
+                raise ValueError("`class_loss_weight` needs `num_classes`.")
+            self.classifier = keras.layers.Dense(num_classes, kernel_initializer="zeros",
+                                                 dtype=dtype, name="classifier")
+            self.classifier.build((None, shape[-1]))
         self.build((None, *self.image_shape))
 
     def _make_level(self, index, input_shape, last):
@@ -100,7 +114,20 @@ class ImageFlow(Flow):
             if index < len(self.split_priors):
                 z, h = self._split(h)
                 total = total + self.split_priors[index].log_prob(z, h)
+        if training and self.classifier is not None:
+            logits = upcast(self.classifier(ops.mean(h, axis=(1, 2))))
+            bits = keras.losses.sparse_categorical_crossentropy(
+                context, logits, from_logits=True) / math.log(2.0)
+            self.add_loss(self.class_loss_weight * ops.mean(bits))
         return total + self.top_prior.log_prob(h, context)
+
+    def class_logits(self, images):
+        """Logits of q(y | x) from the classifier on the top latent."""
+        if self.classifier is None:
+            raise ValueError("This flow has no classifier: build it with `num_classes` "
+                             "and `class_loss_weight > 0`.")
+        x, _ = self._validate(images, ops.zeros((ops.shape(images)[0],), "int32"))
+        return self.classifier(ops.mean(self._encode(x)[-1], axis=(1, 2)))
 
     def _encode(self, x, context=None):
         h, _ = self.preprocess.forward(self.dequantize(x))
@@ -161,8 +188,8 @@ class ImageFlow(Flow):
                              "`num_classes=` to pass a `context`.")
         return {}
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        nll = super().compute_loss(x, y, y_pred, sample_weight, training)
+    def _data_loss(self, nll, sample_weight):
+        nll = super()._data_loss(nll, sample_weight)
         return metrics.bits_per_dim(-nll, math.prod(self.image_shape))
 
     def bits_per_dim(self, images, context=None, num_samples=None, seed=None):
@@ -220,5 +247,6 @@ class ImageFlow(Flow):
         config = keras.Model.get_config(self)
         config.update(image_shape=list(self.image_shape), levels=self.num_levels,
                       n_bits=self.n_bits, preprocessing=self.preprocessing,
-                      alpha=self.alpha, num_classes=self.num_classes, seed=self.seed)
+                      alpha=self.alpha, num_classes=self.num_classes,
+                      class_loss_weight=self.class_loss_weight, seed=self.seed)
         return config

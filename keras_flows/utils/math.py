@@ -10,6 +10,13 @@ import keras
 from keras import ops
 
 
+def upcast(x):
+    """`x` in float32 if it is float16 or bfloat16, else unchanged."""
+    if keras.backend.standardize_dtype(x.dtype) in ("float16", "bfloat16"):
+        return ops.cast(x, "float32")
+    return x
+
+
 def tanh(a):
     """tanh(a) = sign(a) (1 - e) / (1 + e), e = exp(-2|a|); 1 - e = -expm1(-2|a|)
     keeps full relative precision for small |a|."""

@@ -1,0 +1,241 @@
+"""The `keras-flows` command: presets, sampling, scoring, training, export.
+
+    keras-flows list
+    keras-flows info cifar10
+    keras-flows sample cifar10 --num 64 --temperature 0.7 --out samples.png
+    keras-flows score cifar10 images/*.png
+    keras-flows train zoo/glow_mnist_small.json --epochs 5 --out ./run
+    keras-flows export cifar10 ./saved_model
+
+A PRESET is a built-in name (`keras-flows list`), a preset directory or
+archive, `hf://ORG/REPO` or an https:// URL. The backend is KERAS_BACKEND's.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def _load(preset, load_weights=True):
+    from keras_flows.models.flow import Flow
+
+    return Flow.from_preset(preset, load_weights=load_weights)
+
+
+def _is_image_flow(flow):
+    from keras_flows.models.image_flow import ImageFlow
+
+    return isinstance(flow, ImageFlow)
+
+
+def _labels(flow, label, n):
+    if getattr(flow, "num_classes", None) is None:
+        if label is not None:
+            raise SystemExit("error: this preset is not class-conditional; drop --label.")
+        return None
+    if label is None:
+        return np.arange(n, dtype="int32") % flow.num_classes
+    return np.full((n,), label, dtype="int32")
+
+
+def cmd_list(args):
+    from keras_flows.presets import ALIASES, MANIFEST
+
+    short = {v: k for k, v in ALIASES.items()}
+    rows = [("name", "class", "dataset", "parameters", "test figure")]
+    for name, entry in MANIFEST.items():
+        if args.family and entry["family"] != args.family:
+            continue
+        dataset = entry.get("dataset")
+        dataset = dataset.get("name") if isinstance(dataset, dict) else dataset
+        if "test_bits_per_dim" in entry:
+            figure = f"{entry['test_bits_per_dim']:.3f} bits/dim"
+        elif "test_nll_nats" in entry:
+            figure = f"{entry['test_nll_nats']:.3f} nats"
+            if "entropy_nats" in entry:
+                figure += f" (entropy {entry['entropy_nats']:.3f})"
+        else:
+            figure = "-"
+        shown = f"{name} ({short[name]})" if name in short else name
+        rows.append((shown, entry["class_name"], str(dataset), f"{entry['parameters']:,}",
+                     figure))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def cmd_info(args):
+    from keras_flows.presets import _builtin_name, MANIFEST, _files
+
+    name = _builtin_name(args.preset, None)
+    label, paths = _files(args.preset, None, load_weights=False)
+    with open(paths["metadata.json"]) as f:
+        metadata = json.load(f)
+    if name is not None:
+        print(f"preset {name}: files {os.path.dirname(paths['config.json'])}")
+        metadata.setdefault("files", MANIFEST[name]["files"])
+    print(json.dumps(metadata, indent=2))
+
+
+def cmd_sample(args):
+    import keras
+    from keras import ops
+
+    flow = _load(args.preset)
+    labels = _labels(flow, args.label, args.num)
+    seed = keras.random.SeedGenerator(args.seed)
+    batches, bar = [], keras.utils.Progbar(args.num, unit_name="sample")
+    for start in range(0, args.num, args.batch_size):
+        n = min(args.batch_size, args.num - start)
+        context = None if labels is None else labels[start:start + n]
+        batches.append(ops.convert_to_numpy(
+            flow.sample(n, context=context, temperature=args.temperature, seed=seed)))
+        bar.add(n)
+    samples = np.concatenate(batches)
+    if args.out.endswith(".npy"):
+        np.save(args.out, samples)
+    elif args.out.endswith((".csv", ".txt")):
+        np.savetxt(args.out, samples.reshape(len(samples), -1), delimiter=",")
+    elif _is_image_flow(flow):
+        from keras_flows.utils.images import save_image_grid
+
+        save_image_grid(samples, args.out)
+    else:
+        raise SystemExit(f"error: {args.out}: write the samples of a vector flow as .npy "
+                         "or .csv.")
+    print(f"wrote {args.num} samples to {args.out}")
+
+
+def _read_inputs(paths, flow):
+    """(names, array) from image files, .npy/.npz arrays, or .csv rows."""
+    names, arrays = [], []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: no such file: {path}")
+        if path.endswith((".npy", ".npz")):
+            data = np.load(path)
+            if path.endswith(".npz"):
+                data = data[data.files[0]]
+            arrays.append(data)
+            names += [f"{path}[{i}]" for i in range(len(data))]
+        elif path.endswith((".csv", ".txt")):
+            data = np.loadtxt(path, delimiter=",", ndmin=2)
+            arrays.append(data)
+            names += [f"{path}:{i + 1}" for i in range(len(data))]
+        else:
+            from PIL import Image, UnidentifiedImageError
+
+            try:
+                image = Image.open(path)
+            except UnidentifiedImageError:
+                raise SystemExit(f"error: {path} is not an image Pillow can read (nor a "
+                                 ".npy, .npz or .csv file).")
+            mode = "L" if flow.event_shape[-1] == 1 else "RGB"
+            arrays.append(np.asarray(image.convert(mode))[None])
+            names.append(path)
+    data = np.concatenate([a.reshape(len(a), *a.shape[1:]) for a in arrays]).astype("float32")
+    if _is_image_flow(flow) and data.ndim == 3:
+        data = data[..., None]
+    if tuple(data.shape[1:]) != tuple(flow.event_shape):
+        raise SystemExit(f"error: the inputs have shape {tuple(data.shape[1:])} each; this "
+                         f"preset models {tuple(flow.event_shape)}.")
+    return names, data
+
+
+def cmd_score(args):
+    import keras
+    from keras import ops
+
+    flow = _load(args.preset)
+    names, data = _read_inputs(args.files, flow)
+    labels = _labels(flow, args.label, len(data)) if args.label is not None else None
+    if getattr(flow, "num_classes", None) is not None and labels is None:
+        raise SystemExit("error: this preset is class-conditional: give --label.")
+    image = _is_image_flow(flow)
+    scores, bar = [], keras.utils.Progbar(len(data), unit_name="input", verbose=args.progress)
+    for start in range(0, len(data), args.batch_size):
+        batch = data[start:start + args.batch_size]
+        context = None if labels is None else labels[start:start + len(batch)]
+        try:
+            value = flow.bits_per_dim(batch, context) if image else flow.log_prob(batch)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}")
+        scores.append(ops.convert_to_numpy(value))
+        bar.add(len(batch))
+    scores = np.concatenate(scores)
+    unit = "bits/dim" if image else "log p (nats)"
+    for name, score in zip(names, scores):
+        print(f"{score:.4f}  {name}")
+    print(f"mean {unit}: {scores.mean():.4f} over {len(scores)}")
+
+
+def cmd_train(args, rest):
+    from keras_flows import train
+
+    return train.main([args.config, *rest])
+
+
+def cmd_export(args):
+    flow = _load(args.preset)
+    flow.export(args.out)
+
+
+def parser():
+    main = argparse.ArgumentParser(prog="keras-flows", description=__doc__.split("\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog="\n".join(__doc__.split("\n")[2:]))
+    commands = main.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("list", help="the built-in presets and their measured figures")
+    p.add_argument("--family", help="only this family (glow, realnvp)")
+
+    p = commands.add_parser("info", help="a preset's metadata: data, training, figures")
+    p.add_argument("preset")
+
+    p = commands.add_parser("sample", help="draw samples and write a PNG grid or array")
+    p.add_argument("preset")
+    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--temperature", type=float, default=1.0, help="latent scale (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", type=int, help="class of every sample (class-conditional "
+                                             "presets; default: cycle through classes)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", default="samples.png", help=".png grid (images), .npy or .csv")
+
+    p = commands.add_parser("score", help="bits/dim of images (or log p of vectors)")
+    p.add_argument("preset")
+    p.add_argument("files", nargs="+", help="image files, .npy/.npz arrays or .csv rows")
+    p.add_argument("--label", type=int, help="class of every input (class-conditional)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--progress", type=int, default=1, help="1 shows a progress bar")
+
+    p = commands.add_parser("train", help="train from a zoo/ config (python -m "
+                                          "keras_flows.train's options follow)",
+                            add_help=False)
+    p.add_argument("config")
+
+    p = commands.add_parser("export", help="write a TF SavedModel with serving signatures")
+    p.add_argument("preset")
+    p.add_argument("out")
+    return main
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, rest = parser().parse_known_args(argv)
+    if args.command == "train":
+        return cmd_train(args, rest)
+    if rest:
+        parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        {"list": cmd_list, "info": cmd_info, "sample": cmd_sample, "score": cmd_score,
+         "export": cmd_export}[args.command](args)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise SystemExit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The `keras-flows` command, run in-process through `keras_flows.cli.main`."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from keras import ops
+from PIL import Image
+
+import keras_flows as kf
+from keras_flows import cli, presets
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MNIST = ROOT.parent / "shared" / "datasets" / "mnist.npz"
+
+
+def test_list_shows_every_preset_with_its_measured_figure(capsys):
+    cli.main(["list"])
+    out = capsys.readouterr().out
+    for name, entry in presets.MANIFEST.items():
+        line = next(l for l in out.splitlines() if l.startswith(name))
+        figure = entry.get("test_bits_per_dim", entry.get("test_nll_nats"))
+        assert f"{figure:.3f}" in line and entry["class_name"] in line
+
+
+def test_info_prints_the_metadata(capsys):
+    cli.main(["info", "mnist"])
+    out = capsys.readouterr().out
+    metadata = json.loads(out[out.index("{"):])
+    assert metadata["class_name"] == "Glow" and metadata["dataset"] == "mnist"
+
+
+def test_sample_writes_a_png_grid(tmp_path):
+    out = tmp_path / "samples.png"
+    cli.main(["sample", "mnist", "--num", "4", "--temperature", "0.7", "--out", str(out)])
+    grid = np.asarray(Image.open(out))
+    # 2x2 tiles of 28x28 with 2-pixel borders.
+    assert grid.shape == (2 * 30 + 2, 2 * 30 + 2)
+
+
+def test_score_reports_the_models_bits_per_dim_of_png_files(tmp_path, capsys):
+    with np.load(MNIST) as data:
+        images = data["x_test"][:3]
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    cli.main(["score", "mnist", *paths, "--progress", "0"])
+    lines = capsys.readouterr().out.splitlines()
+    printed = np.array([float(lines[i].split()[0]) for i in range(3)])
+    expected = ops.convert_to_numpy(kf.Glow.from_preset("mnist").bits_per_dim(
+        images[..., None].astype("float32")))
+    np.testing.assert_allclose(printed, expected, atol=1e-4)
+
+
+def test_score_and_sample_of_a_vector_preset_use_arrays(tmp_path, capsys):
+    points = kf.datasets.toy("moons", 5, seed=3)
+    np.save(tmp_path / "points.npy", points)
+    cli.main(["score", "realnvp_moons", str(tmp_path / "points.npy"), "--progress", "0"])
+    printed = [float(l.split()[0]) for l in capsys.readouterr().out.splitlines()[:5]]
+    expected = ops.convert_to_numpy(kf.RealNVP.from_preset("moons").log_prob(points))
+    np.testing.assert_allclose(printed, expected, atol=1e-4)
+    cli.main(["sample", "realnvp_moons", "--num", "10", "--out", str(tmp_path / "s.npy")])
+    assert np.load(tmp_path / "s.npy").shape == (10, 2)
+
+
+def test_errors_are_one_clear_line(tmp_path):
+    with pytest.raises(SystemExit, match="Unknown preset 'nope'.*glow_mnist"):
+        cli.main(["sample", "nope"])
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(SystemExit, match=r"shape \(32, 32, 1\) each; this preset models "
+                                         r"\(28, 28, 1\)"):
+        cli.main(["score", "mnist", str(tmp_path / "big.png")])
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(SystemExit, match="junk.png is not an image"):
+        cli.main(["score", "mnist", str(tmp_path / "junk.png")])
+
+
+def test_train_runs_a_config_with_overrides(tmp_path):
+    out = tmp_path / "run"
+    results = cli.main(["train", str(ROOT / "zoo" / "glow_mnist_small.json"), "--out", str(out),
+                        "--data", str(MNIST), "--epochs", "1", "--steps-per-epoch", "2",
+                        "--eval-images", "16", "--set", "model_config.steps_per_level=1",
+                        "--set", "model_config.hidden_channels=8", "--preset",
+                        str(tmp_path / "preset")])
+    assert results["optimizer_steps"] == 2
+    flow = kf.Glow.from_preset(str(tmp_path / "preset"))
+    assert flow.steps_per_level == 1 and flow.hidden_channels == 8
+    metadata = json.loads((tmp_path / "preset" / "metadata.json").read_text())
+    assert metadata["test_bits_per_dim"] == results["test_bits_per_dim"]
+    assert "--set model_config.steps_per_level=1" in metadata["command"]

@@ -1,0 +1,133 @@
+"""Presets: the built-in ones load and score what they record; save and load round trips."""
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import keras
+import pytest
+from keras import ops
+
+import keras_flows as kf
+from keras_flows import presets
+from keras_flows.presets.download import sha256_of
+from keras_flows.train import check_subset
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+FAMILY_CLASS = {"glow": kf.Glow, "realnvp": kf.RealNVP}
+IMAGE_PRESETS = [n for n, e in presets.MANIFEST.items() if "test_bits_per_dim" in e]
+
+
+def _short(name):
+    return name.split("_", 1)[1]
+
+
+def test_manifest_lists_every_preset_in_pretrained_with_its_files_hashes():
+    on_disk = sorted(p.name for p in (ROOT / "pretrained").iterdir()
+                     if (p / "metadata.json").exists())
+    assert sorted(presets.MANIFEST) == on_disk
+    for name, entry in presets.MANIFEST.items():
+        for file, record in entry["files"].items():
+            path = ROOT / "pretrained" / name / file
+            assert sha256_of(path) == record["sha256"], f"{name}/{file}: run scripts/update_manifest.py"
+            assert path.stat().st_size == record["bytes"] < 50_000_000
+        metadata = json.loads((ROOT / "pretrained" / name / "metadata.json").read_text())
+        assert metadata["weights_sha256"] == entry["files"]["model.weights.h5"]["sha256"]
+        assert metadata["command"] and metadata["parameters"] == entry["parameters"]
+
+
+def test_the_required_presets_exist():
+    assert {"glow_mnist", "glow_cifar10", "realnvp_mnist", "realnvp_cifar10"} <= set(IMAGE_PRESETS)
+    for density in ("moons", "8gaussians", "checkerboard", "pinwheel", "rings", "2spirals"):
+        assert f"realnvp_{density}" in presets.MANIFEST
+
+
+def test_presets_property_lists_each_family():
+    assert set(kf.Glow.presets) == {n for n in presets.MANIFEST if n.startswith("glow_")}
+    assert set(kf.RealNVP.presets) == {n for n in presets.MANIFEST if n.startswith("realnvp_")}
+    assert set(kf.Flow.presets) == set(presets.MANIFEST)
+
+
+@pytest.mark.parametrize("name", IMAGE_PRESETS)
+def test_image_preset_loads_offline_and_scores_its_recorded_check_figure(name, monkeypatch,
+                                                                         tmp_path):
+    # From a source checkout, presets come from pretrained/ with no network.
+    monkeypatch.setenv("KERAS_FLOWS_OFFLINE", "1")
+    monkeypatch.setenv("KERAS_FLOWS_CACHE", str(tmp_path))
+    entry = presets.MANIFEST[name]
+    flow = FAMILY_CLASS[entry["family"]].from_preset(_short(name))
+    assert type(flow).__name__ == entry["class_name"]
+    assert flow.count_params() == entry["parameters"]
+    metadata = json.loads((ROOT / "pretrained" / name / "metadata.json").read_text())
+    with np.load(DATASETS / f"{metadata['dataset']}.npz") as data:
+        x_test = data["x_test"]
+    images = x_test[check_subset(len(x_test))].reshape(-1, *flow.image_shape)
+    bpd = kf.metrics.mean_bits_per_dim(flow, images)
+    assert abs(bpd - metadata["check"]["bits_per_dim_midpoint"]) < 2e-3, bpd
+    samples = ops.convert_to_numpy(flow.sample(2, temperature=0.7, seed=0))
+    assert samples.shape == (2, *flow.image_shape)
+    assert samples.min() >= 0 and samples.max() <= 255
+    assert not list(tmp_path.iterdir()), "loading from the checkout must not download"
+
+
+def test_fine_tuning_continues_from_the_published_weights():
+    flow = kf.Glow.from_preset("mnist")
+    recorded = presets.MANIFEST["glow_mnist"]["test_bits_per_dim"]
+    with np.load(DATASETS / "mnist.npz") as data:
+        x = data["x_train"][:64, :, :, None].astype("float32")
+    before = [w.copy() for w in flow.get_weights()]
+    flow.compile(optimizer=keras.optimizers.Adamax(1e-4))
+    history = flow.fit(x, batch_size=32, epochs=1, verbose=0)
+    # A model trained from scratch starts near 8 bits/dim, far above this.
+    assert abs(history.history["loss"][0] - recorded) < 0.5, history.history
+    assert any(not np.array_equal(a, b) for a, b in zip(before, flow.get_weights()))
+
+
+def test_unknown_names_and_wrong_classes_raise_clear_errors():
+    with pytest.raises(ValueError, match="Unknown preset 'imagenet' for Glow.*glow_cifar10"):
+        kf.Glow.from_preset("imagenet")
+    with pytest.raises(ValueError, match="holds a RealNVP, which is not a Glow"):
+        kf.Glow.from_preset("realnvp_moons")
+    with pytest.raises(ValueError, match="Unknown preset './nowhere'"):
+        kf.Flow.from_preset("./nowhere")
+
+
+def _moons_flow():
+    flow = kf.RealNVP(event_shape=(2,), num_layers=2, hidden_units=[8])
+    rng = np.random.default_rng(0)
+    flow.set_weights([rng.normal(0, 0.3, w.shape).astype(w.dtype) for w in flow.get_weights()])
+    return flow
+
+
+def test_save_to_preset_round_trips_with_metadata_and_overrides(tmp_path):
+    flow = _moons_flow()
+    x = kf.datasets.toy("moons", 64, seed=0)
+    flow.save_to_preset(tmp_path / "p", dataset="moons", test_nll_nats=1.0)
+    metadata = json.loads((tmp_path / "p" / "metadata.json").read_text())
+    assert metadata["class_name"] == "RealNVP" and metadata["dataset"] == "moons"
+    assert metadata["parameters"] == flow.count_params()
+    assert metadata["weights_sha256"] == sha256_of(tmp_path / "p" / "model.weights.h5")
+    loaded = kf.RealNVP.from_preset(str(tmp_path / "p"), name="renamed")
+    assert loaded.name == "renamed"
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded.log_prob(x)),
+                               ops.convert_to_numpy(flow.log_prob(x)), rtol=1e-5, atol=1e-5)
+    fresh = kf.Flow.from_preset(str(tmp_path / "p"), load_weights=False)
+    assert not np.allclose(ops.convert_to_numpy(fresh.log_prob(x)),
+                           ops.convert_to_numpy(flow.log_prob(x)))
+    archive = shutil.make_archive(str(tmp_path / "archive"), "gztar", tmp_path / "p")
+    from_archive = kf.Flow.from_preset(archive)
+    np.testing.assert_allclose(ops.convert_to_numpy(from_archive.log_prob(x)),
+                               ops.convert_to_numpy(flow.log_prob(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_corrupted_or_incomplete_preset_directories_are_refused(tmp_path):
+    _moons_flow().save_to_preset(tmp_path / "p")
+    weights = tmp_path / "p" / "model.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ValueError, match="model.weights.h5 is corrupted"):
+        kf.Flow.from_preset(str(tmp_path / "p"))
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="lacks model.weights.h5"):
+        kf.Flow.from_preset(str(tmp_path / "p"))
