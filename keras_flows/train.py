@@ -69,6 +69,10 @@ def main(argv=None):
     for item in args.set:
         _override(config, item, parser)
     data, train = config["dataset"], config["training"]
+    # The budget given on the command line is the one the metadata records.
+    for key in ("epochs", "steps_per_epoch", "max_minutes"):
+        if getattr(args, key) is not None:
+            train[key] = getattr(args, key)
     keras.utils.set_random_seed(train.get("seed", 0))
     if train.get("mixed_precision"):
         keras.mixed_precision.set_global_policy(train["mixed_precision"])
@@ -103,11 +107,11 @@ def main(argv=None):
                        labels=None if labels is None else labels[subset]),
             keras.callbacks.CSVLogger(os.path.join(args.out, "log.csv"), append=True),
         ]
-        if args.max_minutes:
-            callbacks.append(TimeBudget(args.max_minutes * 60))
+        if train.get("max_minutes"):
+            callbacks.append(TimeBudget(train["max_minutes"] * 60))
         start = time.time()
-        history = flow.fit(train_ds, epochs=args.epochs or train["epochs"],
-                           steps_per_epoch=args.steps_per_epoch or train.get("steps_per_epoch"),
+        history = flow.fit(train_ds, epochs=train["epochs"],
+                           steps_per_epoch=train.get("steps_per_epoch"),
                            callbacks=callbacks, shuffle=False, verbose=2)
         seconds = time.time() - start
     bpd = mean_bits_per_dim(flow, x_test, labels, num_samples=1)
@@ -162,7 +166,6 @@ def save_preset(flow, config, results, directory, x_test, labels=None):
                               None if labels is None else labels[subset])
     flow.save_to_preset(
         directory, description=config.get("description", config["model"]),
-        dataset=config["dataset"]["name"],
         preprocessing=f"uniform dequantization, {getattr(flow, 'preprocessing', '')}, "
                       f"{getattr(flow, 'n_bits', 8)} bits",
         training=config["training"], **results,

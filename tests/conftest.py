@@ -1,6 +1,70 @@
+"""Shared by every test file: JAX in float64 where asked, a local file server."""
+
+import collections
+import http.server
 import os
+import threading
+import urllib.parse
+
+import pytest
 
 if os.environ.get("KERAS_BACKEND") == "jax":
     import jax
 
     jax.config.update("jax_enable_x64", True)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves `server.root`; `server.faults[path]` is one of
+    404, truncate, corrupt, nolength, hang."""
+
+    def do_GET(self):
+        server = self.server
+        path = urllib.parse.urlsplit(self.path).path
+        server.requests[path] += 1
+        server.agents.append(self.headers.get("User-Agent"))
+        fault = server.faults.get(path)
+        file = server.root / path.lstrip("/")
+        if fault == "hang":
+            server.release.wait(10)
+        if fault == "404" or not file.is_file():
+            self.send_error(404)
+            return
+        body = file.read_bytes()
+        if fault == "corrupt":
+            body = bytes(b ^ 0xFF for b in body[:16]) + body[16:]
+        self.send_response(200)
+        if fault != "nolength":
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        # HTTP/1.0: the connection closes after the handler returns.
+        self.wfile.write(body[:len(body) // 2] if fault == "truncate" else body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "served"
+    root.mkdir()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.root, httpd.faults, httpd.agents = root, {}, []
+    httpd.requests, httpd.release = collections.Counter(), threading.Event()
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.release.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh cache directory set through KERAS_FLOWS_CACHE; offline env cleared."""
+    for name in ("KERAS_FLOWS_OFFLINE", "HF_HUB_OFFLINE", "HF_ENDPOINT", "KERAS_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "cache"
+    monkeypatch.setenv("KERAS_FLOWS_CACHE", str(path))
+    return path

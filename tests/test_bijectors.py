@@ -83,6 +83,15 @@ CASES = {
         lambda d: kb.AffineCoupling(hidden_channels=8, reverse=True, context_shape=(2,),
                                     dtype=d),
         (4, 4, 2), (2,), _normal, _normal),
+    # RealNVP's image couplings: ResNet conditioner, s = a * tanh(h).
+    "AffineCoupling[resnet,checkerboard]": (
+        lambda d: kb.AffineCoupling(hidden_channels=8, num_blocks=1, mask="checkerboard",
+                                    scale="learned_tanh", dtype=d),
+        (4, 4, 2), None, _normal, _normal),
+    "AffineCoupling[resnet,channel]": (
+        lambda d: kb.AffineCoupling(hidden_channels=8, num_blocks=1, reverse=True,
+                                    scale="learned_tanh", dtype=d),
+        (4, 4, 2), None, _normal, _normal),
 }
 
 
@@ -230,3 +239,48 @@ def test_fit_and_predict_under_jit(name):
     predicted = flow.predict(inputs, batch_size=64, verbose=0)
     x, c = (inputs["x"], inputs["context"]) if isinstance(inputs, dict) else (inputs, None)
     np.testing.assert_allclose(predicted, numpy(flow.log_prob(x, c)), rtol=1e-4, atol=1e-4)
+
+
+# -- RealNVP's ResNet conditioner -------------------------------------------
+
+@pytest.mark.parametrize("mask", ["checkerboard", "channel"])
+def test_a_new_resnet_coupling_is_the_identity(mask):
+    coupling = kb.AffineCoupling(hidden_channels=8, num_blocks=2, mask=mask,
+                                 scale="learned_tanh")
+    x = np.random.default_rng(0).normal(size=(4, 4, 4, 2)).astype("float32")
+    for training in (False, True):
+        z, log_det = coupling.forward(x, training=training)
+        np.testing.assert_array_equal(numpy(z), x)
+        np.testing.assert_array_equal(numpy(log_det), np.zeros(4))
+    assert isinstance(coupling.network, kf.layers.ResNet)
+    assert len(coupling.network.blocks) == 2
+
+
+def test_resnet_config_round_trip_and_batch_statistics():
+    net = kf.layers.ResNet(6, hidden_channels=8, num_blocks=2)
+    x = np.random.default_rng(0).normal(size=(3, 4, 4, 2)).astype("float32")
+    assert numpy(net(x)).shape == (3, 4, 4, 6)
+    np.testing.assert_array_equal(numpy(net(x)), 0.0)          # zero-initialised output
+    clone = kf.layers.ResNet.from_config(net.get_config())
+    assert clone.get_config() == net.get_config()
+    # BatchNormalization: training=True updates the moving statistics.
+    before = [numpy(w) for w in net.non_trainable_weights]
+    net(x + 3.0, training=True)
+    after = [numpy(w) for w in net.non_trainable_weights]
+    assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+def test_coupling_conditioner_choice_is_saved():
+    glow = kb.AffineCoupling(hidden_channels=8, mask="channel")
+    realnvp = kb.AffineCoupling(hidden_channels=8, num_blocks=3, scale="learned_tanh")
+    assert glow.get_config()["num_blocks"] is None
+    config = realnvp.get_config()
+    assert config["num_blocks"] == 3 and config["scale"] == "learned_tanh"
+    x = np.zeros((1, 4, 4, 2), "float32")
+    glow.forward(x)
+    kb.AffineCoupling.from_config(config).forward(x)
+    assert isinstance(glow.network, kf.layers.ConvNet)
+    # Configs saved before `num_blocks` existed still load, with a ConvNet.
+    old = dict(glow.get_config())
+    del old["num_blocks"]
+    assert kb.AffineCoupling.from_config(old).num_blocks is None

@@ -1,5 +1,6 @@
 """Glow and multi-scale RealNVP on real MNIST; bits/dim on known answers."""
 
+import inspect
 import math
 import pathlib
 
@@ -30,8 +31,13 @@ def tiny_glow(**kwargs):
                    seed=0, **kwargs)
 
 
-def tiny_realnvp():
-    return kf.RealNVP(image_shape=(28, 28, 1), levels=2, hidden_channels=8, seed=0)
+def tiny_realnvp(**kwargs):
+    return kf.RealNVP(image_shape=(28, 28, 1), levels=2, hidden_channels=8, num_blocks=1,
+                      seed=0, **kwargs)
+
+
+def tiny_realnvp_actnorm():
+    return tiny_realnvp(normalization="actnorm")
 
 
 @pytest.mark.parametrize("n_bits", [8, 5])
@@ -67,7 +73,7 @@ def test_importance_sampled_bits_per_dim_tightens_with_more_samples(mnist):
     assert many <= one + 1e-3
 
 
-@pytest.mark.parametrize("make", [tiny_glow, tiny_realnvp])
+@pytest.mark.parametrize("make", [tiny_glow, tiny_realnvp, tiny_realnvp_actnorm])
 def test_decode_encode_is_exact_on_real_mnist(make, mnist):
     flow = make()
     flow.compile(optimizer=keras.optimizers.Adamax(1e-3))
@@ -87,6 +93,78 @@ def test_a_tiny_glow_learns_real_mnist(mnist):
     test_bpd = float(numpy(flow.bits_per_dim(mnist[2][:500])).mean())
     assert np.isfinite(history.history["loss"]).all()
     assert test_bpd < 6.0, test_bpd     # uniform is 8.0
+
+
+def test_a_tiny_realnvp_learns_real_mnist(mnist):
+    # The paper's layout (ResNet couplings, batch norm bijectors), tiny.
+    keras.utils.set_random_seed(0)
+    flow = tiny_realnvp()
+    flow.compile(optimizer=keras.optimizers.Adamax(
+        kf.callbacks.Warmup(2e-3, 20), clipnorm=50.0))
+    history = flow.fit(mnist[0][:2048], batch_size=64, epochs=1, verbose=0)
+    test_bpd = float(numpy(flow.bits_per_dim(mnist[2][:256])).mean())
+    assert np.isfinite(history.history["loss"]).all()
+    assert test_bpd < 6.0, test_bpd     # uniform is 8.0
+
+
+@pytest.fixture(scope="module")
+def trained_realnvp(mnist):
+    """A tiny batch-norm RealNVP after a few steps: non-trivial moving statistics."""
+    flow = tiny_realnvp()
+    flow.compile(optimizer=keras.optimizers.Adamax(1e-3))
+    flow.fit(mnist[0][:192], batch_size=64, epochs=1, verbose=0)
+    return flow
+
+
+def test_realnvp_defaults_are_the_papers_cifar10_model():
+    defaults = inspect.signature(kf.ImageRealNVP).parameters
+    flow_args = {k: defaults[k].default
+                 for k in ("levels", "hidden_channels", "num_blocks", "normalization")}
+    assert flow_args == {"levels": 2, "hidden_channels": 64, "num_blocks": 8,
+                         "normalization": "batch"}
+    flow = tiny_realnvp()
+    assert isinstance(flow, kf.ImageRealNVP)
+    names = [type(b).__name__ for b in flow.levels[0].bijectors]
+    assert names == ["AffineCoupling", "BatchNorm"] * 3 + ["Squeeze"] + [
+        "AffineCoupling", "BatchNorm"] * 3
+    assert [type(b).__name__ for b in flow.levels[1].bijectors] == [
+        "AffineCoupling", "BatchNorm"] * 4
+    widths = [b.hidden_channels for b in flow.levels[0].bijectors + flow.levels[1].bijectors
+              if type(b).__name__ == "AffineCoupling"]
+    assert widths == [8] * 3 + [16] * 3 + [16] * 4     # doubles after each squeeze
+    with pytest.raises(ValueError, match="normalization"):
+        tiny_realnvp(normalization="layer")
+
+
+def test_realnvp_inference_log_prob_is_per_example(trained_realnvp, mnist):
+    # Batch norm uses its moving statistics outside training: an image's
+    # score does not depend on the other images of its batch.
+    images = mnist[2][:8]
+    alone = np.concatenate([numpy(trained_realnvp.bits_per_dim(images[i:i + 1]))
+                            for i in range(4)])
+    together = numpy(trained_realnvp.bits_per_dim(images))[:4]
+    mixed = numpy(trained_realnvp.bits_per_dim(np.concatenate([images[:4],
+                                                               mnist[0][:4]])))[:4]
+    np.testing.assert_allclose(together, alone, rtol=1e-5)
+    np.testing.assert_allclose(mixed, alone, rtol=1e-5)
+    np.testing.assert_array_equal(numpy(trained_realnvp.bits_per_dim(images)),
+                                  numpy(trained_realnvp.bits_per_dim(images)))
+
+
+def test_realnvp_config_and_keras_file_round_trip(trained_realnvp, mnist, tmp_path):
+    config = trained_realnvp.get_config()
+    assert (config["num_blocks"], config["normalization"]) == (1, "batch")
+    rebuilt = kf.RealNVP.from_config(config)
+    assert type(rebuilt) is type(trained_realnvp)
+    assert rebuilt.get_config() == config
+    path = str(tmp_path / "realnvp.keras")
+    trained_realnvp.save(path)
+    loaded = keras.saving.load_model(path)
+    images = mnist[2][:4]
+    np.testing.assert_array_equal(numpy(loaded.bits_per_dim(images)),
+                                  numpy(trained_realnvp.bits_per_dim(images)))
+    np.testing.assert_array_equal(numpy(loaded.decode(trained_realnvp.encode(images))),
+                                  images.astype("float32"))
 
 
 def test_class_conditional_glow_samples_and_scores(mnist, tmp_path):
@@ -165,7 +243,8 @@ def test_fit_on_real_cifar10_through_the_tf_data_pipeline(model):
         flow = kf.Glow(image_shape=(32, 32, 3), levels=2, steps_per_level=1,
                        hidden_channels=8, seed=0)
     else:
-        flow = kf.RealNVP(image_shape=(32, 32, 3), levels=2, hidden_channels=8, seed=0)
+        flow = kf.RealNVP(image_shape=(32, 32, 3), levels=2, hidden_channels=8,
+                          num_blocks=1, seed=0)
     flow.compile(optimizer=keras.optimizers.Adamax(1e-3, clipnorm=50.0))
     history = flow.fit(train, epochs=2, steps_per_epoch=3, validation_data=test.take(1),
                        verbose=0)
@@ -174,3 +253,40 @@ def test_fit_on_real_cifar10_through_the_tf_data_pipeline(model):
     images = next(iter(test))[:4].numpy()
     np.testing.assert_array_equal(numpy(flow.decode(flow.encode(images))),
                                   images.astype("float32"))
+
+
+def test_mixed_precision_sums_log_densities_in_float32(mnist):
+    images = mnist[2][:8]
+    flow = kf.Glow(image_shape=(28, 28, 1), levels=2, steps_per_level=2, hidden_channels=8,
+                   seed=0)
+    flow(images[:4])  # ActNorm's data-dependent start
+    reference = ops.convert_to_numpy(flow.bits_per_dim(images))
+    policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        mixed = kf.Glow.from_config(flow.get_config())
+    finally:
+        keras.mixed_precision.set_dtype_policy(policy)
+    mixed.set_weights(flow.get_weights())
+    bpd = mixed.bits_per_dim(images)
+    assert keras.backend.standardize_dtype(bpd.dtype) == "float32"
+    # bfloat16 activations move each figure by a few thousandths; log-dets
+    # summed in bfloat16 (8-bit mantissa, 784 terms) would be off by ~0.1.
+    np.testing.assert_allclose(ops.convert_to_numpy(bpd), reference, atol=0.02)
+
+
+def test_class_loss_trains_a_classifier_on_the_top_latent(mnist):
+    x, y = mnist[0][:2048], mnist[1][:2048]     # ~430 zeros and ones: 7 steps an epoch
+    keep = y < 2
+    x, y = x[keep], y[keep]
+    flow = kf.Glow(image_shape=(28, 28, 1), levels=2, steps_per_level=1, hidden_channels=8,
+                   num_classes=2, class_loss_weight=1.0, seed=0)
+    assert kf.Glow.from_config(flow.get_config()).class_loss_weight == 1.0
+    flow.compile(optimizer=keras.optimizers.Adam(1e-2))
+    flow.fit({"x": x, "context": y}, batch_size=64, epochs=3, verbose=0)
+    predicted = np.argmax(ops.convert_to_numpy(flow.class_logits(x)), axis=1)
+    # Zeros and ones are easy: the head must learn them from the top latent.
+    assert np.mean(predicted == y) > 0.9
+    with pytest.raises(ValueError, match="needs `num_classes`"):
+        kf.Glow(image_shape=(8, 8, 1), levels=1, steps_per_level=1, hidden_channels=4,
+                class_loss_weight=1.0)

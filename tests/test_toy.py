@@ -1,3 +1,7 @@
+import functools
+import importlib.util
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -128,3 +132,58 @@ def test_moons_entropy():
     x = toy("moons", 20000, seed=0)
     entropy = -_moons_log_density(x).mean()
     assert abs(entropy - 2.39) < 0.03, entropy
+
+
+# -- entropies: the Kozachenko-Leonenko estimator of guides/train_2d_density.py,
+#    checked against closed forms (it gives the floor the pretrained NLLs sit on)
+
+@functools.cache
+def _guide():
+    path = pathlib.Path(__file__).resolve().parents[1] / "guides" / "train_2d_density.py"
+    spec = importlib.util.spec_from_file_location("train_2d_density", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _knn_entropy(name, draws=2, n=200_000):
+    return np.mean([_guide().knn_entropy(toy(name, n, seed=50 + i)) for i in range(draws)])
+
+
+def test_knn_entropy_of_a_gaussian():
+    x = np.random.default_rng(0).normal(0.0, 0.5, (200_000, 2))
+    exact = np.log(2 * np.pi * np.e * 0.25)  # (d / 2) log(2 pi e sigma^2), d = 2
+    assert abs(_guide().knn_entropy(x) - exact) < 0.01
+    # The estimator shifts by log(scale) per dimension, exactly.
+    np.testing.assert_allclose(_guide().knn_entropy(3 * x[:20000]),
+                               _guide().knn_entropy(x[:20000]) + 2 * np.log(3), rtol=1e-12)
+
+
+def test_knn_entropy_of_checkerboard():
+    # Uniform on 8 of the 16 2x2 squares of [-4, 4]^2 (test_checkerboard_squares):
+    # area 8 * 4 = 32, entropy log 32 = 3.466 (not log 8: the unit squares are scaled by 2).
+    assert abs(_knn_entropy("checkerboard") - np.log(32.0)) < 0.012
+
+
+def _8gaussians_log_density(x, radius=4.0 / 1.414, std=0.5 / 1.414):
+    angles = np.arange(8) * np.pi / 4
+    centres = radius * np.stack([np.cos(angles), np.sin(angles)], 1)
+    q = -((np.asarray(x, np.float64)[:, None] - centres[None]) ** 2).sum(-1) / (2 * std ** 2)
+    m = q.max(1, keepdims=True)
+    return m[:, 0] + np.log(np.exp(q - m).mean(1)) - np.log(2 * np.pi * std ** 2)
+
+
+def test_knn_entropy_of_8gaussians():
+    # Exact mixture log-density (centres and std from test_8gaussians_centres),
+    # Monte Carlo over 400k fresh samples: standard error 0.0015 nats.
+    exact = -_8gaussians_log_density(toy("8gaussians", 400_000, seed=9)).mean()
+    # Well separated: just under log 8 + the entropy of one component.
+    separated = np.log(8) + np.log(2 * np.pi * np.e * (0.5 / 1.414) ** 2)
+    assert separated - 0.015 < exact < separated
+    assert abs(_knn_entropy("8gaussians") - exact) < 0.012
+
+
+def test_knn_entropy_of_moons():
+    # 2.39 nats by the reference density of test_moons_entropy (2.393 +- 0.001
+    # over 500k samples).
+    assert abs(_knn_entropy("moons") - 2.39) < 0.015

@@ -5,7 +5,7 @@ import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector, sum_except_batch
-from keras_flows.layers.conditioners import MLP, ConvNet
+from keras_flows.layers.conditioners import MLP, ConvNet, ResNet
 from keras_flows.utils.math import tanh
 
 
@@ -17,8 +17,9 @@ class _Coupling(Bijector):
     layers transform both halves. The conditioner is an `MLP` that sees `x_a`
     concatenated with `context`.
 
-    Images `(B, H, W, C)`: the conditioner is a `ConvNet` (Glow's), and
-    `mask` chooses the split:
+    Images `(B, H, W, C)`: the conditioner is a `ConvNet` (Glow's) when
+    `num_blocks` is None, else a `ResNet` with `num_blocks` residual blocks
+    (RealNVP's), and `mask` chooses the split:
     - `"channel"`: the channel axis is split as the last axis of a vector;
     - `"checkerboard"` (RealNVP): with the binary mask
       `m[i, j] = 1 if (i + j) % 2 == reverse`, the kept set is where `m = 1`:
@@ -31,8 +32,10 @@ class _Coupling(Bijector):
     params_per_feature = 1
 
     def __init__(self, hidden_units=(64, 64), activation="relu", reverse=False,
-                 context_shape=None, hidden_channels=512, mask="channel", **kwargs):
+                 context_shape=None, hidden_channels=512, mask="channel", num_blocks=None,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.num_blocks = None if num_blocks is None else int(num_blocks)
         self.hidden_units = tuple(int(u) for u in hidden_units)
         self.activation = activation
         self.reverse = bool(reverse)
@@ -82,9 +85,14 @@ class _Coupling(Bijector):
                     f"context_shape={self.context_shape} for input shape "
                     f"{tuple(input_shape)}."
                 )
-            self.network = ConvNet(size_b * self.params_per_feature,
-                                   self.hidden_channels, dtype=self.dtype_policy,
-                                   name="network")
+            if self.num_blocks is None:
+                self.network = ConvNet(size_b * self.params_per_feature,
+                                       self.hidden_channels, dtype=self.dtype_policy,
+                                       name="network")
+            else:
+                self.network = ResNet(size_b * self.params_per_feature,
+                                      self.hidden_channels, self.num_blocks,
+                                      dtype=self.dtype_policy, name="network")
         else:
             self.network = MLP(size_b * self.params_per_feature, self.hidden_units,
                                self.activation, dtype=self.dtype_policy, name="network")
@@ -97,7 +105,7 @@ class _Coupling(Bijector):
     def _merge(self, a, b):
         return ops.concatenate([b, a] if self.reverse else [a, b], axis=-1)
 
-    def _params(self, a, context):
+    def _params(self, a, context, training=False):
         if context is None:
             h = a
         elif len(a.shape) == 4 and len(context.shape) == 2:
@@ -106,22 +114,24 @@ class _Coupling(Bijector):
                 [a, ops.ones_like(a[..., :1]) * context[:, None, None, :]], axis=-1)
         else:
             h = ops.concatenate([a, context], axis=-1)
-        return self.network(h)
+        return self.network(h, training=training)
 
     def _forward(self, x, context=None, training=False):
         if self.mask == "checkerboard":
             kept = ops.convert_to_tensor(self._checkerboard, dtype=x.dtype)
-            return self._transform(x, self._params(x * kept, context), 1.0 - kept)
+            return self._transform(x, self._params(x * kept, context, training),
+                                   1.0 - kept)
         a, b = self._split(x)
-        b, log_det = self._transform(b, self._params(a, context))
+        b, log_det = self._transform(b, self._params(a, context, training))
         return self._merge(a, b), log_det
 
     def _inverse(self, z, context=None, training=False):
         if self.mask == "checkerboard":
             kept = ops.convert_to_tensor(self._checkerboard, dtype=z.dtype)
-            return self._untransform(z, self._params(z * kept, context), 1.0 - kept)
+            return self._untransform(z, self._params(z * kept, context, training),
+                                     1.0 - kept)
         a, b = self._split(z)
-        b, log_det = self._untransform(b, self._params(a, context))
+        b, log_det = self._untransform(b, self._params(a, context, training))
         return self._merge(a, b), log_det
 
     def get_config(self):
@@ -131,6 +141,7 @@ class _Coupling(Bijector):
             reverse=self.reverse,
             context_shape=None if self.context_shape is None else list(self.context_shape),
             hidden_channels=self.hidden_channels, mask=self.mask,
+            num_blocks=self.num_blocks,
         )
         return config
 
@@ -147,7 +158,8 @@ class AdditiveCoupling(_Coupling):
     z = x + (1 - m) * t(x * m, c), and x = z - (1 - m) * t(z * m, c).
 
     Vectors `(B, D)` use an `MLP` conditioner, images `(B, H, W, C)` a
-    `ConvNet` (see `_Coupling` for the split and the context).
+    `ConvNet`, or a `ResNet` with `num_blocks` set (see `_Coupling` for the
+    split and the context).
 
     Args:
         hidden_units: hidden sizes of the MLP conditioner `t` (vectors).
@@ -156,8 +168,10 @@ class AdditiveCoupling(_Coupling):
             `mask="checkerboard"`, keep the pixels with `(i + j)` odd instead
             of even.
         context_shape: shape of the conditioning input, or None.
-        hidden_channels: hidden channels of the ConvNet conditioner (images).
+        hidden_channels: hidden channels of the image conditioner.
         mask: "channel" (split the last axis) or "checkerboard" (images only).
+        num_blocks: None for Glow's `ConvNet` conditioner on images, or the
+            number of residual blocks of a `ResNet` conditioner (RealNVP's).
 
     Reference: Dinh, Krueger & Bengio 2015, arXiv:1410.8516.
     """
@@ -186,13 +200,16 @@ class AffineCoupling(_Coupling):
     z = x * exp((1 - m) s) + (1 - m) t, log-det sum((1 - m) s).
 
     Vectors `(B, D)` use an `MLP` conditioner, images `(B, H, W, C)` a
-    `ConvNet` (see `_Coupling` for the split and the context).
+    `ConvNet`, or a `ResNet` with `num_blocks` set (see `_Coupling` for the
+    split and the context).
 
     The raw network output `h` is bounded before use, so `exp(s)` can neither
     overflow nor vanish:
     - `scale="tanh"`: s = B * tanh(h / B) with `B = scale_bound` (soft clamp,
       s = 0 at initialisation);
-    - `scale="sigmoid"`: exp(s) = sigmoid(h + 2) (Glow), in (0, 1).
+    - `scale="sigmoid"`: exp(s) = sigmoid(h + 2) (Glow), in (0, 1);
+    - `scale="learned_tanh"`: s = a * tanh(h) with `a` a learned per-channel
+      scale (one per transformed channel), starting at 1 (RealNVP's choice).
 
     Args:
         hidden_units: hidden sizes of the MLP conditioner giving (s, t)
@@ -202,10 +219,12 @@ class AffineCoupling(_Coupling):
             `mask="checkerboard"`, keep the pixels with `(i + j)` odd instead
             of even.
         context_shape: shape of the conditioning input, or None.
-        scale: "tanh" or "sigmoid", as above.
+        scale: "tanh", "sigmoid" or "learned_tanh", as above.
         scale_bound: B for `scale="tanh"`.
-        hidden_channels: hidden channels of the ConvNet conditioner (images).
+        hidden_channels: hidden channels of the image conditioner.
         mask: "channel" (split the last axis) or "checkerboard" (images only).
+        num_blocks: None for Glow's `ConvNet` conditioner on images, or the
+            number of residual blocks of a `ResNet` conditioner (RealNVP's).
 
     Reference: Dinh, Sohl-Dickstein & Bengio 2017, arXiv:1605.08803 (RealNVP,
     checkerboard and channel masks); Kingma & Dhariwal 2018, arXiv:1807.03039
@@ -216,18 +235,33 @@ class AffineCoupling(_Coupling):
 
     def __init__(self, hidden_units=(64, 64), activation="relu", reverse=False,
                  context_shape=None, scale="tanh", scale_bound=3.0,
-                 hidden_channels=512, mask="channel", **kwargs):
+                 hidden_channels=512, mask="channel", num_blocks=None, **kwargs):
         super().__init__(hidden_units, activation, reverse, context_shape,
-                         hidden_channels=hidden_channels, mask=mask, **kwargs)
-        if scale not in ("tanh", "sigmoid"):
-            raise ValueError(f"`scale` must be 'tanh' or 'sigmoid'; got {scale!r}.")
+                         hidden_channels=hidden_channels, mask=mask,
+                         num_blocks=num_blocks, **kwargs)
+        if scale not in ("tanh", "sigmoid", "learned_tanh"):
+            raise ValueError("`scale` must be 'tanh', 'sigmoid' or 'learned_tanh'; got "
+                             f"{scale!r}.")
         self.scale = scale
         self.scale_bound = float(scale_bound)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.scale == "learned_tanh":
+            # One factor per transformed channel: all C under a checkerboard
+            # mask, else the C - C // 2 channels of x_b.
+            channels = input_shape[-1]
+            if self.mask != "checkerboard":
+                channels -= channels // 2
+            self.scale_factor = self.add_weight(name="scale_factor", shape=(channels,),
+                                                initializer="ones")
 
     def _log_scale_and_shift(self, params, where=None):
         h, shift = params[..., 0::2], params[..., 1::2]
         if self.scale == "tanh":
             log_scale = self.scale_bound * tanh(h / self.scale_bound)
+        elif self.scale == "learned_tanh":
+            log_scale = ops.cast(self.scale_factor, h.dtype) * tanh(h)
         else:
             log_scale = ops.log_sigmoid(h + 2.0)
         if where is not None:

@@ -1,3 +1,3 @@
-from keras_flows.layers.conditioners import MLP, ConvNet
+from keras_flows.layers.conditioners import MLP, ConvNet, ResNet
 
-__all__ = ["MLP", "ConvNet"]
+__all__ = ["MLP", "ConvNet", "ResNet"]

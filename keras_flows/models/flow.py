@@ -184,7 +184,7 @@ class Flow(keras.Model):
 
         return from_preset(preset, cls=cls, load_weights=load_weights, **overrides)
 
-    def save_to_preset(self, directory, **metadata):
+    def save_to_preset(self, directory, /, **metadata):
         """Writes `config.json`, `model.weights.h5` and `metadata.json`."""
         from keras_flows.presets import save_to_preset
 

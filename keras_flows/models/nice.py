@@ -26,6 +26,8 @@ class NICE(Flow):
     Reference: arXiv:1410.8516.
     """
 
+    preset_family = "nice"
+
     def __init__(self, event_shape, num_layers=4, hidden_units=(64, 64),
                  activation="relu", context_shape=None, base=None, **kwargs):
         self.num_layers = int(num_layers)

@@ -189,7 +189,7 @@ def from_preset(preset, cls=None, load_weights=True, **overrides):
     return model
 
 
-def save_to_preset(model, directory, **metadata):
+def save_to_preset(model, directory, /, **metadata):
     """Writes `model` as a preset: config.json, model.weights.h5, metadata.json.
 
     `metadata` adds entries (dataset, training, measured figures, command)
