@@ -172,12 +172,6 @@ def cmd_score(args):
     print(f"mean {unit}: {scores.mean():.4f} over {len(scores)}")
 
 
-def cmd_train(args, rest):
-    from keras_flows import train
-
-    return train.main([args.config, *rest])
-
-
 def cmd_export(args):
     flow = _load(args.preset)
     flow.export(args.out)
@@ -225,11 +219,11 @@ def parser():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args, rest = parser().parse_known_args(argv)
-    if args.command == "train":
-        return cmd_train(args, rest)
-    if rest:
-        parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    if argv[:1] == ["train"]:   # the training script parses and documents the rest
+        from keras_flows import train
+
+        return train.main(argv[1:], prog="keras-flows train")
+    args = parser().parse_args(argv)
     try:
         {"list": cmd_list, "info": cmd_info, "sample": cmd_sample, "score": cmd_score,
          "export": cmd_export}[args.command](args)

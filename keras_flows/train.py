@@ -44,8 +44,8 @@ def _override(config, item, parser):
         node[leaf] = value
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None, prog=None):
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("config", help="a JSON config from zoo/")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--data", help="local .npz or image folder (else KERAS_FLOWS_DATA "

@@ -1,9 +1,11 @@
-"""Rewrites keras_flows/presets/manifest.json from the presets in pretrained/.
+"""Rewrites keras_flows/presets/manifest.json from the presets in pretrained/
+and prints the README's table of presets.
 
     python scripts/update_manifest.py
 
-Run it after adding or retraining a preset; tests/test_presets.py checks that
-the manifest matches the files.
+Run it after adding or retraining a preset, and paste the table into
+README.md; tests/test_presets.py checks that the manifest matches the files
+and that the README shows every preset's figure.
 """
 
 import json
@@ -17,6 +19,34 @@ from keras_flows.presets import manifest_entry
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def figure(entry):
+    """The measured test figure of a manifest entry, as the README shows it."""
+    if "test_bits_per_dim" in entry:
+        return f"{entry['test_bits_per_dim']:.3f} bits/dim"
+    text = f"{entry['test_nll_nats']:.3f} nats"
+    if "entropy_nats" in entry:
+        text += f" (entropy {entry['entropy_nats']:.3f})"
+    return text
+
+
+def table(manifest):
+    rows = ["| preset | class | data | parameters | test figure | trained |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name, entry in manifest.items():
+        metadata = json.loads((ROOT / "pretrained" / name / "metadata.json").read_text())
+        data = metadata["dataset"]
+        data = data["name"] if isinstance(data, dict) else data
+        if "optimizer_steps" in metadata:
+            how = (f"{metadata['optimizer_steps']:,} steps, "
+                   f"{metadata['train_seconds_now'] / 60:.0f} min")
+        else:
+            how = f"{metadata['training']['epochs']} epochs, {metadata['train_seconds']:.0f} s"
+        how += f", {metadata['hardware']} ({metadata['backend']}), {metadata['date']}"
+        rows.append(f"| `{name}` | {entry['class_name']} | {data} | "
+                    f"{entry['parameters']:,} | {figure(entry)} | {how} |")
+    return "\n".join(rows)
+
+
 def main():
     manifest = {}
     for directory in sorted((ROOT / "pretrained").iterdir()):
@@ -27,7 +57,8 @@ def main():
         manifest[directory.name] = manifest_entry(directory, cls.preset_family)
     path = ROOT / "keras_flows" / "presets" / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"wrote {path} with {len(manifest)} presets")
+    print(f"wrote {path} with {len(manifest)} presets; the README's table:\n")
+    print(table(manifest))
 
 
 if __name__ == "__main__":

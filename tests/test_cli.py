@@ -1,7 +1,10 @@
 """The `keras-flows` command, run in-process through `keras_flows.cli.main`."""
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -90,3 +93,22 @@ def test_train_runs_a_config_with_overrides(tmp_path):
     metadata = json.loads((tmp_path / "preset" / "metadata.json").read_text())
     assert metadata["test_bits_per_dim"] == results["test_bits_per_dim"]
     assert "--set model_config.steps_per_level=1" in metadata["command"]
+
+
+def test_export_writes_a_saved_model_that_plain_tensorflow_scores(tmp_path, capsys):
+    out = tmp_path / "saved"
+    cli.main(["export", "realnvp_moons", str(out)])
+    assert "log_prob(x: float32[None, 2])" in capsys.readouterr().out
+    points = kf.datasets.toy("moons", 4, seed=9)
+    np.save(tmp_path / "points.npy", points)
+    script = ("import sys, numpy as np, tensorflow as tf; "
+              "m = tf.saved_model.load(sys.argv[1]); "
+              "x = tf.constant(np.load(sys.argv[2])); "
+              "np.save(sys.argv[3], m.log_prob(x=x)['log_prob'].numpy()); "
+              "assert 'keras_flows' not in sys.modules")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    run = subprocess.run([sys.executable, "-c", script, str(out), str(tmp_path / "points.npy"),
+                          str(tmp_path / "scores.npy")], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected = ops.convert_to_numpy(kf.RealNVP.from_preset("moons").log_prob(points))
+    np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), expected, rtol=1e-5, atol=1e-5)

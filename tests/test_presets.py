@@ -1,5 +1,6 @@
 """Presets: the built-in ones load and score what they record; save and load round trips."""
 
+import importlib.util
 import json
 import pathlib
 import shutil
@@ -191,3 +192,13 @@ def test_hf_and_https_presets_directories_and_archives(server, cache, monkeypatc
         flow = kf.RealNVP.from_preset(preset)
         np.testing.assert_allclose(ops.convert_to_numpy(flow.log_prob(points)), expected,
                                    rtol=1e-6)
+
+
+def test_readme_table_shows_every_preset_as_measured():
+    spec = importlib.util.spec_from_file_location("update_manifest",
+                                                  ROOT / "scripts" / "update_manifest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = (ROOT / "README.md").read_text()
+    for row in module.table(presets.MANIFEST).splitlines()[2:]:
+        assert row in readme, f"README.md lacks (run scripts/update_manifest.py): {row}"
