@@ -9,7 +9,7 @@ source scripts/setup.sh
 minutes=${1:-20}
 data=${KERAS_FLOWS_DATA:-../shared/datasets}
 export KERAS_BACKEND=${KERAS_BACKEND:-jax}
-for name in glow_mnist_small glow_cifar10_small; do
+for name in glow_mnist_small glow_cifar10_small realnvp_mnist_small realnvp_cifar10_small; do
   case $name in *mnist*) file=mnist.npz ;; *) file=cifar10.npz ;; esac
   python -m keras_flows.train "zoo/$name.json" --out "runs/$name" --data "$data/$file" \
     --max-minutes "$minutes" --eval-images 1000

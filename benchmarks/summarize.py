@@ -15,7 +15,10 @@ print(f"{results['model']} ({results['config']}), {results['parameters']:,} para
 print(f"`{results['command']}`\n")
 if "evaluate_command" in results:
     print(f"Final figures re-scored with `{results['evaluate_command']}`.\n")
-print("| epoch | wall clock (s) | train loss (bits/dim) | test bits/dim, midpoints, 1000-image subset |")
+words = results["command"].split()
+subset = words[words.index("--eval-images") + 1] if "--eval-images" in words else "2000"
+print(f"| epoch | wall clock (s) | train loss (bits/dim) | test bits/dim, midpoints, "
+      f"{subset}-image subset |")
 print("| --- | --- | --- | --- |")
 with open(run / "log.csv") as f:
     for row in csv.DictReader(f):

@@ -290,3 +290,14 @@ def test_class_loss_trains_a_classifier_on_the_top_latent(mnist):
     with pytest.raises(ValueError, match="needs `num_classes`"):
         kf.Glow(image_shape=(8, 8, 1), levels=1, steps_per_level=1, hidden_channels=4,
                 class_loss_weight=1.0)
+
+
+def test_latents_that_overflow_float32_warn_and_still_give_pixels(mnist):
+    flow = tiny_glow()
+    latents = flow.encode(mnist[2][:2])
+    # The rescaling's inverse multiplies by 256: 3e38 * 256 is past float32.
+    huge = [ops.concatenate([ops.full_like(z[:1], 3e38), z[1:]], axis=0) for z in latents]
+    with pytest.warns(UserWarning, match="1 of 2 images overflowed float32"):
+        images = numpy(flow.decode(huge))
+    assert np.isfinite(images).all() and images.min() >= 0 and images.max() <= 255
+    np.testing.assert_array_equal(images[1], mnist[2][1].astype("float32"))

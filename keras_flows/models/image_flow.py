@@ -1,6 +1,7 @@
 """`ImageFlow`: the multi-scale image flow that Glow and RealNVP configure."""
 
 import math
+import warnings
 
 import numpy as np
 import keras
@@ -151,7 +152,17 @@ class ImageFlow(Flow):
                 h = ops.concatenate([z, h], axis=-1)
             h, _ = self.levels[index].inverse(h)
         y, _ = self.preprocess.inverse(h)
-        return self.dequantize.to_pixels(y)
+        # Each inverse affine coupling divides by its scale, so a latent far in
+        # the tails can grow past float32's range on the way back.
+        finite = ops.isfinite(y)
+        if is_concrete(y):
+            bad = int(np.sum(~ops.convert_to_numpy(ops.all(finite, axis=(1, 2, 3)))))
+            if bad:
+                warnings.warn(f"{bad} of {y.shape[0]} images overflowed float32 while "
+                              "inverting the flow; their non-finite pixels are set to 0. "
+                              "A lower temperature or a better-trained model avoids it.",
+                              stacklevel=3)
+        return self.dequantize.to_pixels(ops.where(finite, y, ops.zeros_like(y)))
 
     # -- the public API ---------------------------------------------------
     def _validate(self, x, context, name="x", shape=None, finite=True):
