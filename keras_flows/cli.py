@@ -6,6 +6,7 @@
     keras-flows score cifar10 images/*.png
     keras-flows train zoo/glow_mnist_small.json --epochs 5 --out ./run
     keras-flows export cifar10 ./saved_model
+    keras-flows export cifar10 ./onnx --format onnx
 
 A PRESET is a built-in name (`keras-flows list`), a preset directory or
 archive, `hf://ORG/REPO` or an https:// URL. The backend is KERAS_BACKEND's.
@@ -174,7 +175,7 @@ def cmd_score(args):
 
 def cmd_export(args):
     flow = _load(args.preset)
-    flow.export(args.out)
+    flow.export(args.out, format=args.format)
 
 
 def parser():
@@ -211,9 +212,13 @@ def parser():
                             add_help=False)
     p.add_argument("config")
 
-    p = commands.add_parser("export", help="write a TF SavedModel with serving signatures")
+    p = commands.add_parser("export", help="write a TF SavedModel with serving signatures "
+                                           "(or ONNX models)")
     p.add_argument("preset")
     p.add_argument("out")
+    p.add_argument("--format", choices=["tf_saved_model", "onnx"], default="tf_saved_model",
+                   help="tf_saved_model (default): log_prob, bits_per_dim, encode, decode, "
+                        "sample; onnx: one OUT/<signature>.onnx for each but sample")
     return main
 
 

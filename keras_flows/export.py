@@ -41,6 +41,17 @@ exported sampler returns exactly `flow.sample(n, seed=seed)` whenever
 does not (the base distributions need a Python int `n`), each sample is drawn
 as `flow.sample(1, ...)` inside a `tf.map_fn`, with the seed of row i folded
 from `(seed, i)`.
+
+`export_onnx(flow, directory)` (or `flow.export(directory, format="onnx")`)
+converts the deterministic signatures with tf2onnx into one ONNX model each,
+`DIRECTORY/<signature>.onnx`, with the same input and output names:
+`log_prob`, `bits_per_dim` (image flows), `encode` and `decode`. `sample` is
+left out: tf2onnx cannot convert TensorFlow's counter-based random ops. Draw
+from the SavedModel, or for a flow whose base is a standard normal, decode
+`temperature * z` with z ~ N(0, I).
+
+    session = onnxruntime.InferenceSession("exported/log_prob.onnx")
+    session.run(None, {"x": x})[0]
 """
 
 import inspect
@@ -52,19 +63,37 @@ import tempfile
 
 import keras
 
+ONNX_OPSET = 17
+
 
 def export_saved_model(flow, filepath, verbose=True):
     """Writes `flow` to `filepath` as a TensorFlow SavedModel (see the module
     docstring for its signatures), from any backend. Prints the signatures
     when `verbose`."""
+    _export(flow, filepath, "tf_saved_model", verbose)
+
+
+def export_onnx(flow, directory, verbose=True):
+    """Writes `flow`'s deterministic signatures to `directory` as ONNX models,
+    one `<signature>.onnx` each (see the module docstring), from any backend.
+    Needs `tf2onnx`; running the models needs `onnxruntime`."""
+    try:
+        import tf2onnx  # noqa: F401
+    except ImportError as error:
+        raise ImportError("ONNX export converts the TensorFlow graph with tf2onnx: "
+                          "`pip install tf2onnx` (and onnxruntime to run the models)."
+                          ) from error
+    _export(flow, directory, "onnx", verbose)
+
+
+def _export(flow, filepath, format, verbose):
     from keras_flows.models.flow import Flow
 
     if not isinstance(flow, Flow):
-        raise TypeError(f"`export_saved_model` exports a keras_flows `Flow`; got "
-                        f"{type(flow).__name__}.")
+        raise TypeError(f"Export takes a keras_flows `Flow`; got {type(flow).__name__}.")
     filepath = os.fspath(filepath)
     if keras.backend.backend() == "tensorflow":
-        _write(flow, filepath, verbose)
+        (_write if format == "tf_saved_model" else _write_onnx)(flow, filepath, verbose)
         return
     with tempfile.TemporaryDirectory() as tmp:
         config, weights = os.path.join(tmp, "config.json"), os.path.join(tmp, "model.weights.h5")
@@ -76,8 +105,9 @@ def export_saved_model(flow, filepath, verbose=True):
                    PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         command = [sys.executable, "-m", "keras_flows.export", config, weights,
-                   os.path.abspath(filepath)] + ([] if verbose else ["--quiet"])
-        run = subprocess.run(command, env=env, capture_output=True, text=True)
+                   os.path.abspath(filepath), "--format", format]
+        run = subprocess.run(command + ([] if verbose else ["--quiet"]), env=env,
+                             capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(
             f"Exporting from the {keras.backend.backend()} backend rebuilds the model on "
@@ -108,6 +138,55 @@ def _write(flow, filepath, verbose):
             print(f"  {name}({inputs}) -> {{{outputs}}}")
         if row_by_row:
             print("  (sample draws one row at a time: flow.sample needs a Python int n)")
+
+
+def _write_onnx(flow, directory, verbose):
+    import logging
+
+    import onnx
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)   # it logs recoverable failures
+    functions, _ = _signatures(flow)
+    os.makedirs(directory, exist_ok=True)
+    for name in ("log_prob", "bits_per_dim", "encode", "decode"):
+        if name not in functions:
+            continue
+        path = os.path.join(directory, f"{name}.onnx")
+        model, _ = tf2onnx.convert.from_function(
+            functions[name], functions[name].input_signature, opset=ONNX_OPSET,
+            custom_op_handlers=_onnx_handlers())
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except onnx.checker.ValidationError as error:
+            raise ValueError(f"tf2onnx could not convert `{name}` of this "
+                             f"{type(flow).__name__} to ONNX: {error}") from None
+        onnx.save(model, path)
+        if verbose:
+            print(f"wrote {path}")
+
+
+def _onnx_handlers():
+    """Conversions of the TensorFlow ops that tf2onnx lacks: Log1p as log(1 + x)
+    and Expm1 as exp(x) - 1 (ONNX has neither; less exact near x = 0)."""
+    import numpy as np
+    from tf2onnx import utils
+
+    def one(ctx, node):
+        dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+        return ctx.make_const(utils.make_name("one"), np.array(1, dtype)).output[0]
+
+    def log1p(ctx, node, name, args):
+        shifted = ctx.make_node("Add", [node.input[0], one(ctx, node)]).output[0]
+        ctx.replace_inputs(node, [shifted])
+        node.type = "Log"
+
+    def expm1(ctx, node, name, args):
+        node.type = "Exp"
+        ctx.insert_new_node_on_output("Sub", node.output[0],
+                                      inputs=[node.output[0], one(ctx, node)])
+
+    return {"Log1p": (log1p, []), "Expm1": (expm1, [])}
 
 
 def _describe(spec):
@@ -239,19 +318,26 @@ def _sampler(flow, specs):
 
 
 def _main(argv):
-    """`python -m keras_flows.export CONFIG WEIGHTS OUT [--quiet]`."""
+    """`python -m keras_flows.export CONFIG WEIGHTS OUT [--format F] [--quiet]`."""
+    import argparse
+
     if keras.backend.backend() != "tensorflow":
         raise SystemExit("Run this with KERAS_BACKEND=tensorflow; the backend is "
                          f"{keras.backend.backend()!r}.")
-    if len(argv) not in (3, 4) or argv[3:] not in ([], ["--quiet"]):
-        raise SystemExit("usage: python -m keras_flows.export CONFIG.json WEIGHTS.weights.h5 "
-                         "OUT [--quiet]")
+    parser = argparse.ArgumentParser(prog="python -m keras_flows.export")
+    parser.add_argument("config")
+    parser.add_argument("weights")
+    parser.add_argument("out")
+    parser.add_argument("--format", choices=["tf_saved_model", "onnx"],
+                        default="tf_saved_model")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
     import keras_flows  # noqa: F401  (registers the classes the config names)
 
-    with open(argv[0]) as file:
+    with open(args.config) as file:
         flow = keras.saving.deserialize_keras_object(json.load(file))
-    flow.load_weights(argv[1])
-    export_saved_model(flow, argv[2], verbose=argv[3:] != ["--quiet"])
+    flow.load_weights(args.weights)
+    _export(flow, args.out, args.format, verbose=not args.quiet)
 
 
 if __name__ == "__main__":

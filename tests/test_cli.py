@@ -112,3 +112,16 @@ def test_export_writes_a_saved_model_that_plain_tensorflow_scores(tmp_path, caps
     assert run.returncode == 0, run.stderr[-3000:]
     expected = ops.convert_to_numpy(kf.RealNVP.from_preset("moons").log_prob(points))
     np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_export_onnx_writes_models_that_onnxruntime_scores(tmp_path, capsys):
+    import onnxruntime
+
+    out = tmp_path / "onnx"
+    cli.main(["export", "realnvp_moons", str(out), "--format", "onnx"])
+    assert f"wrote {out / 'log_prob.onnx'}" in capsys.readouterr().out
+    points = kf.datasets.toy("moons", 4, seed=9)
+    session = onnxruntime.InferenceSession(str(out / "log_prob.onnx"))
+    expected = ops.convert_to_numpy(kf.RealNVP.from_preset("moons").log_prob(points))
+    np.testing.assert_allclose(session.run(None, {"x": points})[0], expected,
+                               rtol=1e-5, atol=1e-5)

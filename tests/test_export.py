@@ -229,10 +229,57 @@ def test_verbose_export_prints_the_signatures(exported):
         "{x: float32[None, 8, 8, 1]}" in lines
 
 
+@pytest.fixture(scope="module")
+def onnx_exported(exported, tmp_path_factory):
+    """The vector and class-conditional flows of `exported` as ONNX models."""
+    tmp = tmp_path_factory.mktemp("onnx")
+    exported["vector"].export(tmp / "vector", format="onnx", verbose=False)
+    with contextlib.redirect_stdout(io.StringIO()) as summary:
+        exported["labelled"].export(tmp / "labelled", format="onnx")
+    return tmp, summary.getvalue()
+
+
+def run_onnx(path, **feeds):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path))
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, feeds)))
+
+
+def test_onnx_models_of_a_vector_flow_match_the_model(exported, onnx_exported):
+    flow, inputs = exported["vector"], exported["inputs"]
+    directory = onnx_exported[0] / "vector"
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "decode.onnx", "encode.onnx", "log_prob.onnx"]
+    x, context = inputs["x"], inputs["context"]
+    close(run_onnx(directory / "log_prob.onnx", x=x, context=context)["log_prob"],
+          flow.log_prob(x, context))
+    z = run_onnx(directory / "encode.onnx", x=x, context=context)["z"]
+    close(z, flow.encode(x, context))
+    close(run_onnx(directory / "decode.onnx", z=z, context=context)["x"], x)
+
+
+def test_onnx_models_of_a_class_conditional_glow_match_the_model(exported, onnx_exported):
+    flow, inputs = exported["labelled"], exported["inputs"]
+    directory, summary = onnx_exported[0] / "labelled", onnx_exported[1]
+    assert summary.splitlines() == [f"wrote {directory / name}.onnx" for name in
+                                    ("log_prob", "bits_per_dim", "encode", "decode")]
+    images, labels = inputs["images"], inputs["labels"]
+    close(run_onnx(directory / "log_prob.onnx", x=images, labels=labels)["log_prob"],
+          flow.log_prob(images, labels))
+    close(run_onnx(directory / "bits_per_dim.onnx", images=images, labels=labels)
+          ["bits_per_dim"], flow.bits_per_dim(images, labels))
+    latents = run_onnx(directory / "encode.onnx", x=images)
+    for i, z in enumerate(flow.encode(images, labels)):
+        close(latents[f"z_{i}"], z)
+    np.testing.assert_array_equal(run_onnx(directory / "decode.onnx", **latents)["x"], images)
+
+
 def test_bad_export_arguments_are_refused(tmp_path):
     flow = kf.RealNVP(event_shape=(2,), num_layers=1, hidden_units=[4])
-    with pytest.raises(ValueError, match="format='tf_saved_model'"):
-        flow.export(tmp_path / "m", format="onnx")
+    with pytest.raises(ValueError, match="'tf_saved_model' or 'onnx'; got 'tflite'"):
+        flow.export(tmp_path / "m", format="tflite")
     with pytest.raises(TypeError, match="keras_flows `Flow`"):
         export_saved_model(keras.Sequential([keras.layers.Dense(1)]), tmp_path / "m")
     assert not (tmp_path / "m").exists()

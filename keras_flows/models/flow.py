@@ -190,16 +190,18 @@ class Flow(keras.Model):
 
         return save_to_preset(self, directory, **metadata)
 
-    def export(self, filepath, format="tf_saved_model", verbose=True, **kwargs):
-        """Writes a TF SavedModel with serving signatures, from any backend.
+    def export(self, filepath, format="tf_saved_model", verbose=True):
+        """Writes a TF SavedModel with serving signatures (`format="tf_saved_model"`)
+        or a directory of ONNX models (`format="onnx"`), from any backend.
 
-        See `keras_flows.export.export_saved_model`.
+        See `keras_flows.export`.
         """
-        from keras_flows.export import export_saved_model
+        from keras_flows.export import export_onnx, export_saved_model
 
-        if format != "tf_saved_model":
-            raise ValueError(f"Only format='tf_saved_model' is supported; got {format!r}.")
-        return export_saved_model(self, filepath, verbose=verbose, **kwargs)
+        writers = {"tf_saved_model": export_saved_model, "onnx": export_onnx}
+        if format not in writers:
+            raise ValueError(f"`format` must be 'tf_saved_model' or 'onnx'; got {format!r}.")
+        return writers[format](self, filepath, verbose=verbose)
 
     def get_config(self):
         config = super().get_config()
