@@ -10,6 +10,9 @@ logs the test bits/dim at bin midpoints (OUT/log.csv); the end writes
 OUT/model.keras and OUT/results.json with the full test split's bits/dim
 (one uniform-dequantization draw per image, the papers' figure, and at bin
 midpoints), parameter count, steps, wall-clock time, machine and command.
+`--init PRESET` starts from a preset's weights (the optimizer starts afresh:
+keep a warmup) and counts its steps and time in the totals; `--preset DIR`
+writes the result as a preset.
 """
 
 import argparse
@@ -60,6 +63,9 @@ def main(argv=None, prog=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config entry, e.g. --set model_config.levels=2 "
                              "(VALUE is JSON, else a string); repeatable")
+    parser.add_argument("--init", metavar="PRESET",
+                        help="start from a preset's weights (a built-in name, directory or "
+                             "URL), e.g. to train a published model further")
     parser.add_argument("--preset", metavar="DIR",
                         help="also write the trained model as a preset (config.json, "
                              "model.weights.h5, metadata.json with the figures)")
@@ -81,11 +87,14 @@ def main(argv=None, prog=None):
     conditional = config["model_config"].get("num_classes") is not None
     _, _, x_test, y_test = kf.datasets.load_arrays(data["name"], path=args.data)
     labels = y_test.astype("int32") if conditional else None
+    previous = None
     if args.evaluate_only:
         flow = keras.saving.load_model(os.path.join(args.out, "model.keras"))
         history, seconds = None, 0.0
     else:
         flow = getattr(kf, config["model"])(**config["model_config"])
+        if args.init:
+            previous = _initialize(flow, args.init, config["model"])
         train_ds, _ = kf.datasets.load(data["name"], batch_size=data["batch_size"],
                                        path=args.data, flip=data.get("flip", False),
                                        seed=train.get("seed", 0), with_labels=conditional,
@@ -130,6 +139,11 @@ def main(argv=None, prog=None):
         **({} if history is None else {
             "epochs_run_now": len(history.history.get("loss", [])),
             "train_seconds_now": round(seconds, 1)}),
+        **({} if previous is None else {
+            "initialized_from": previous,
+            "optimizer_steps": int(ops.convert_to_numpy(flow.optimizer.iterations))
+                               + previous["optimizer_steps"],
+            "train_seconds_total": round(seconds + previous["train_seconds"], 1)}),
         "test_bits_per_dim": round(bpd, 4),
         "test_bits_per_dim_midpoint": round(midpoint, 4),
         "test_images": int(len(x_test)),
@@ -149,6 +163,27 @@ def main(argv=None, prog=None):
         save_preset(flow, config, results, args.preset, x_test, labels)
         print(f"wrote the preset {args.preset}")
     return results
+
+
+def _initialize(flow, preset, model):
+    """Copies a preset's weights into `flow`; returns what the preset's metadata
+    says of its training (for the new metadata)."""
+    from keras_flows.presets import _files
+
+    source = getattr(kf, model).from_preset(preset)
+    try:
+        flow.set_weights(source.get_weights())
+    except ValueError as error:
+        raise SystemExit(f"--init {preset}: its weights do not fit the config's model "
+                         f"(the architectures differ): {error}")
+    with open(_files(preset, None, load_weights=False)[1]["metadata.json"]) as f:
+        metadata = json.load(f)
+    steps = metadata.get("optimizer_steps", 0)
+    seconds = metadata.get("train_seconds_total", metadata.get("train_seconds_now", 0.0))
+    print(f"starting from {preset}: {steps:,} optimizer steps, {seconds / 60:.0f} min")
+    return {"preset": preset, "optimizer_steps": steps, "train_seconds": seconds,
+            "test_bits_per_dim": metadata.get("test_bits_per_dim"),
+            "command": metadata.get("command")}
 
 
 CHECK_IMAGES = 256

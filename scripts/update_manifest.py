@@ -38,7 +38,7 @@ def table(manifest):
         data = data["name"] if isinstance(data, dict) else data
         if "optimizer_steps" in metadata:
             how = (f"{metadata['optimizer_steps']:,} steps, "
-                   f"{metadata['train_seconds_now'] / 60:.0f} min")
+                   f"{metadata.get('train_seconds_total', metadata['train_seconds_now']) / 60:.0f} min")
         else:
             how = f"{metadata['training']['epochs']} epochs, {metadata['train_seconds']:.0f} s"
         how += f", {metadata['hardware']} ({metadata['backend']}), {metadata['date']}"

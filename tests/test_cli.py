@@ -94,6 +94,23 @@ def test_train_runs_a_config_with_overrides(tmp_path):
     assert metadata["test_bits_per_dim"] == results["test_bits_per_dim"]
     assert "--set model_config.steps_per_level=1" in metadata["command"]
 
+    # --init continues from the preset: at learning rate 0 the weights stay
+    # the preset's (ActNorm not started again), so the figure is the same.
+    again = cli.main(["train", str(ROOT / "zoo" / "glow_mnist_small.json"), "--out",
+                      str(tmp_path / "again"), "--data", str(MNIST), "--epochs", "1",
+                      "--steps-per-epoch", "3", "--eval-images", "16",
+                      "--set", "model_config.steps_per_level=1",
+                      "--set", "model_config.hidden_channels=8",
+                      "--set", "training.learning_rate=0", "--init", str(tmp_path / "preset")])
+    assert again["test_bits_per_dim_midpoint"] == pytest.approx(
+        results["test_bits_per_dim_midpoint"], abs=1e-4)
+    assert again["optimizer_steps"] == 5
+    assert again["initialized_from"]["optimizer_steps"] == 2
+    with pytest.raises(SystemExit, match="do not fit the config's model"):
+        cli.main(["train", str(ROOT / "zoo" / "glow_mnist_small.json"), "--out",
+                  str(tmp_path / "bad"), "--data", str(MNIST), "--epochs", "1",
+                  "--init", str(tmp_path / "preset")])
+
 
 def test_export_writes_a_saved_model_that_plain_tensorflow_scores(tmp_path, capsys):
     out = tmp_path / "saved"
