@@ -19,6 +19,8 @@ import sys
 
 import numpy as np
 
+from keras_flows import export
+
 
 def _load(preset, load_weights=True):
     from keras_flows.models.flow import Flow
@@ -216,7 +218,7 @@ def parser():
                                            "(or ONNX models)")
     p.add_argument("preset")
     p.add_argument("out")
-    p.add_argument("--format", choices=["tf_saved_model", "onnx"], default="tf_saved_model",
+    p.add_argument("--format", choices=export.FORMATS, default=export.FORMATS[0],
                    help="tf_saved_model (default): log_prob, bits_per_dim, encode, decode, "
                         "sample; onnx: one OUT/<signature>.onnx for each but sample")
     return main

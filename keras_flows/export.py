@@ -64,6 +64,7 @@ import tempfile
 import keras
 
 ONNX_OPSET = 17
+FORMATS = ("tf_saved_model", "onnx")   # what `Flow.export` and the command take
 
 
 def export_saved_model(flow, filepath, verbose=True):
@@ -148,6 +149,7 @@ def _write_onnx(flow, directory, verbose):
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)   # it logs recoverable failures
     functions, _ = _signatures(flow)
+    handlers = _onnx_handlers()
     os.makedirs(directory, exist_ok=True)
     for name in ("log_prob", "bits_per_dim", "encode", "decode"):
         if name not in functions:
@@ -155,7 +157,7 @@ def _write_onnx(flow, directory, verbose):
         path = os.path.join(directory, f"{name}.onnx")
         model, _ = tf2onnx.convert.from_function(
             functions[name], functions[name].input_signature, opset=ONNX_OPSET,
-            custom_op_handlers=_onnx_handlers())
+            custom_op_handlers=handlers)
         try:
             onnx.checker.check_model(model, full_check=True)
         except onnx.checker.ValidationError as error:
@@ -328,8 +330,7 @@ def _main(argv):
     parser.add_argument("config")
     parser.add_argument("weights")
     parser.add_argument("out")
-    parser.add_argument("--format", choices=["tf_saved_model", "onnx"],
-                        default="tf_saved_model")
+    parser.add_argument("--format", choices=FORMATS, default=FORMATS[0])
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     import keras_flows  # noqa: F401  (registers the classes the config names)

@@ -135,14 +135,13 @@ def main(argv=None, prog=None):
     results.update({
         "model": config["model"], "config": args.config, "dataset": data["name"],
         "parameters": int(flow.count_params()),
-        "optimizer_steps": int(ops.convert_to_numpy(flow.optimizer.iterations)),
+        "optimizer_steps": int(ops.convert_to_numpy(flow.optimizer.iterations))
+                           + (0 if previous is None else previous["optimizer_steps"]),
         **({} if history is None else {
             "epochs_run_now": len(history.history.get("loss", [])),
             "train_seconds_now": round(seconds, 1)}),
         **({} if previous is None else {
             "initialized_from": previous,
-            "optimizer_steps": int(ops.convert_to_numpy(flow.optimizer.iterations))
-                               + previous["optimizer_steps"],
             "train_seconds_total": round(seconds + previous["train_seconds"], 1)}),
         "test_bits_per_dim": round(bpd, 4),
         "test_bits_per_dim_midpoint": round(midpoint, 4),

@@ -196,12 +196,12 @@ class Flow(keras.Model):
 
         See `keras_flows.export`.
         """
-        from keras_flows.export import export_onnx, export_saved_model
+        from keras_flows.export import FORMATS, export_onnx, export_saved_model
 
-        writers = {"tf_saved_model": export_saved_model, "onnx": export_onnx}
-        if format not in writers:
+        if format not in FORMATS:
             raise ValueError(f"`format` must be 'tf_saved_model' or 'onnx'; got {format!r}.")
-        return writers[format](self, filepath, verbose=verbose)
+        writer = export_saved_model if format == "tf_saved_model" else export_onnx
+        return writer(self, filepath, verbose=verbose)
 
     def get_config(self):
         config = super().get_config()
