@@ -10,10 +10,13 @@
 
 A PRESET is a built-in name (`keras-flows list`), a preset directory or
 archive, `hf://ORG/REPO` or an https:// URL. The backend is KERAS_BACKEND's.
+Errors are one line starting `error:` with exit status 1 (2 for bad
+arguments); `--verbose` shows the traceback instead.
 """
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -47,6 +50,10 @@ def _labels(flow, label, n):
 def cmd_list(args):
     from keras_flows.presets import ALIASES, MANIFEST
 
+    families = sorted({entry["family"] for entry in MANIFEST.values()})
+    if args.family is not None and args.family not in families:
+        raise SystemExit(f"error: unknown family {args.family!r}; the presets' families are "
+                         f"{', '.join(families)}.")
     short = {v: k for k, v in ALIASES.items()}
     rows = [("name", "class", "dataset", "parameters", "test figure")]
     for name, entry in MANIFEST.items():
@@ -112,12 +119,33 @@ def cmd_sample(args):
     print(f"wrote {args.num} samples to {args.out}")
 
 
+INPUTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy", ".npz",
+          ".csv", ".txt")
+
+
+def _expand(paths):
+    """The files named, a directory standing for its files with an INPUTS suffix."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, name) for name in os.listdir(path)
+                           if name.lower().endswith(INPUTS)
+                           and os.path.isfile(os.path.join(path, name)))
+            if not found:
+                raise SystemExit(f"error: the directory {path} holds no inputs (files ending "
+                                 f"{', '.join(INPUTS)}).")
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise SystemExit(f"error: no such file or directory: {path}")
+    return files
+
+
 def _read_inputs(paths, flow):
     """(names, array) from image files, .npy/.npz arrays, or .csv rows."""
     names, arrays = [], []
-    for path in paths:
-        if not os.path.isfile(path):
-            raise SystemExit(f"error: no such file: {path}")
+    for path in _expand(paths):
         if path.endswith((".npy", ".npz")):
             data = np.load(path)
             if path.endswith(".npz"):
@@ -162,10 +190,7 @@ def cmd_score(args):
     for start in range(0, len(data), args.batch_size):
         batch = data[start:start + args.batch_size]
         context = None if labels is None else labels[start:start + len(batch)]
-        try:
-            value = flow.bits_per_dim(batch, context) if image else flow.log_prob(batch)
-        except ValueError as err:
-            raise SystemExit(f"error: {err}")
+        value = flow.bits_per_dim(batch, context) if image else flow.log_prob(batch)
         scores.append(ops.convert_to_numpy(value))
         bar.add(len(batch))
     scores = np.concatenate(scores)
@@ -180,33 +205,62 @@ def cmd_export(args):
     flow.export(args.out, format=args.format)
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _temperature(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def parser():
     main = argparse.ArgumentParser(prog="keras-flows", description=__doc__.split("\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog="\n".join(__doc__.split("\n")[2:]))
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="show the full traceback of an error")
     commands = main.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("list", help="the built-in presets and their measured figures")
+    def command(name, **kwargs):
+        return commands.add_parser(name, parents=[common], **kwargs)
+
+    p = command("list", help="the built-in presets and their measured figures")
     p.add_argument("--family", help="only this family (glow, realnvp)")
 
-    p = commands.add_parser("info", help="a preset's metadata: data, training, figures")
+    p = command("info", help="a preset's metadata: data, training, figures")
     p.add_argument("preset")
 
-    p = commands.add_parser("sample", help="draw samples and write a PNG grid or array")
+    p = command("sample", help="draw samples and write a PNG grid or array")
     p.add_argument("preset")
-    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("--temperature", type=float, default=1.0, help="latent scale (default 1)")
+    p.add_argument("--num", type=_positive_int, default=64,
+                   help="number of samples (default 64)")
+    p.add_argument("--temperature", type=_temperature, default=1.0,
+                   help="latent scale, >= 0 (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", type=int, help="class of every sample (class-conditional "
                                              "presets; default: cycle through classes)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--out", default="samples.png", help=".png grid (images), .npy or .csv")
 
-    p = commands.add_parser("score", help="bits/dim of images (or log p of vectors)")
+    p = command("score", help="bits/dim of images (or log p of vectors)")
     p.add_argument("preset")
-    p.add_argument("files", nargs="+", help="image files, .npy/.npz arrays or .csv rows")
+    p.add_argument("files", nargs="+", help="image files, .npy/.npz arrays or .csv rows, or "
+                                            "directories of them")
     p.add_argument("--label", type=int, help="class of every input (class-conditional)")
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=_positive_int, default=100)
     p.add_argument("--progress", type=int, default=1, help="1 shows a progress bar")
 
     p = commands.add_parser("train", help="train from a zoo/ config (python -m "
@@ -214,7 +268,7 @@ def parser():
                             add_help=False)
     p.add_argument("config")
 
-    p = commands.add_parser("export", help="write a TF SavedModel with serving signatures "
+    p = command("export", help="write a TF SavedModel with serving signatures "
                                            "(or ONNX models)")
     p.add_argument("preset")
     p.add_argument("out")
@@ -234,8 +288,15 @@ def main(argv=None):
     try:
         {"list": cmd_list, "info": cmd_info, "sample": cmd_sample, "score": cmd_score,
          "export": cmd_export}[args.command](args)
-    except (ValueError, FileNotFoundError, OSError) as err:
-        raise SystemExit(f"error: {err}")
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        raise SystemExit("error: interrupted.")
+    except Exception as err:  # one line for any failure; the traceback with --verbose
+        if args.verbose:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        raise SystemExit(f"error: {message} (--verbose shows the traceback)")
 
 
 if __name__ == "__main__":

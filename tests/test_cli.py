@@ -80,6 +80,43 @@ def test_errors_are_one_clear_line(tmp_path):
         cli.main(["score", "mnist", str(tmp_path / "junk.png")])
 
 
+def test_careless_input_gets_one_line_and_a_nonzero_exit(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="unknown family 'bogus'; the presets' families are "
+                                         "glow, realnvp"):
+        cli.main(["list", "--family", "bogus"])
+    for argument in (["--num", "0"], ["--num", "-1"], ["--temperature", "nan"],
+                     ["--temperature", "-1"]):
+        with pytest.raises(SystemExit) as exit:
+            cli.main(["sample", "mnist", *argument])
+        assert exit.value.code == 2
+        assert "expected a" in capsys.readouterr().err
+    with np.load(MNIST) as data:
+        np.save(tmp_path / "scaled.npy", data["x_test"][:2, :, :, None] / 255.0)
+    with pytest.raises(SystemExit, match=r"^error: `images` look scaled to \[0, 1\].*--verbose"):
+        cli.main(["score", "mnist", str(tmp_path / "scaled.npy")])
+    with pytest.raises(ValueError, match="look scaled"):   # --verbose: the exception itself
+        cli.main(["score", "mnist", str(tmp_path / "scaled.npy"), "--verbose"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="holds no inputs"):
+        cli.main(["score", "mnist", str(tmp_path / "empty")])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match=r"^error: Cannot export to .*file.*: is a file"):
+        cli.main(["export", "realnvp_moons", str(tmp_path / "file")])
+
+
+def test_score_reads_a_directory_of_images(tmp_path, capsys):
+    with np.load(MNIST) as data:
+        images = data["x_test"][:2]
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    (tmp_path / "notes.md").write_text("not an input")
+    cli.main(["score", "mnist", str(tmp_path), "--progress", "0"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [l.split()[1] for l in lines[:2]] == [str(tmp_path / "0.png"), str(tmp_path / "1.png")]
+    expected = ops.convert_to_numpy(kf.Glow.from_preset("mnist").bits_per_dim(images[..., None]))
+    np.testing.assert_allclose([float(l.split()[0]) for l in lines[:2]], expected, atol=1e-4)
+
+
 def test_train_runs_a_config_with_overrides(tmp_path):
     out = tmp_path / "run"
     results = cli.main(["train", str(ROOT / "zoo" / "glow_mnist_small.json"), "--out", str(out),

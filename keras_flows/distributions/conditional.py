@@ -53,7 +53,8 @@ class TopPrior(_GaussianPrior):
     """Learned prior of the last latent, optionally class-conditional.
 
     p(z | y) = N(z; mu + A onehot(y), diag(exp(s + B onehot(y))^2)), with the
-    per-position `mu`, `s` and the class maps A, B all starting at zero.
+    per-position `mu`, `s` and the class maps A, B all starting at zero. A
+    label outside [0, num_classes) gives NaN.
 
     Args:
         shape: shape of the latent, (H, W, C).
@@ -76,7 +77,12 @@ class TopPrior(_GaussianPrior):
     def _params(self, z, y=None):
         loc, log_scale = self.loc, self.log_scale
         if self.num_classes is not None:
+            # A label outside [0, num_classes) gives NaN (rather than a zero
+            # one-hot, or an error on one backend only), which traced steps show.
+            valid = ops.logical_and(y >= 0, y < self.num_classes)
+            y = ops.clip(y, 0, self.num_classes - 1)
             out = self.class_map(ops.one_hot(y, self.num_classes, dtype=self.compute_dtype))
+            out = ops.where(valid[:, None], out, float("nan"))
             loc = loc + out[:, None, None, 0::2]
             log_scale = log_scale + out[:, None, None, 1::2]
         return loc, log_scale

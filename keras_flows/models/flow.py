@@ -1,13 +1,18 @@
 """`Flow`: a normalizing flow as a `keras.Model` trained by maximum likelihood."""
 
+import os
+
 import numpy as np
 import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector
 from keras_flows.distributions import Distribution, StandardNormal
-from keras_flows.utils.checks import check_event
+from keras_flows.utils.checks import check_event, check_sample_args
+from keras_flows.utils.inference import BATCH_SIZE, batched
 from keras_flows.utils.math import upcast
+
+VALIDATION_ROWS = 4096  # rows of a `fit`/`evaluate`/`predict` array checked at a time
 
 
 class _classproperty:
@@ -130,39 +135,79 @@ class Flow(keras.Model):
                 )
         return x, context
 
-    def log_prob(self, x, context=None):
-        """log p(x | context) per example, shape `(batch,)`."""
-        x, context = self._validate(x, context)
-        return self._log_prob(x, context)
+    def log_prob(self, x, context=None, batch_size=BATCH_SIZE):
+        """log p(x | context) per example, shape `(batch,)`.
 
-    def encode(self, x, context=None):
+        Like `encode`, `decode` and `sample`, it is inference: computed
+        `batch_size` rows at a time, with no gradient graph (the outputs carry
+        no gradient on any backend). Calling the model, `flow(x)`, gives the
+        same values differentiably, as `fit` uses them.
+        """
+        x, context = self._validate(x, context)
+        return batched(self._log_prob, [x, context], batch_size)
+
+    def encode(self, x, context=None, batch_size=BATCH_SIZE):
         """The latent `z = f(x)` of each example."""
         x, context = self._validate(x, context)
-        return self.bijector.forward(x, **self._context(context))[0]
+        return batched(lambda x, c: self.bijector.forward(x, **self._context(c))[0],
+                       [x, context], batch_size)
 
-    def decode(self, z, context=None):
+    def decode(self, z, context=None, batch_size=BATCH_SIZE):
         """The data point `x = f^-1(z)` of each latent."""
         z, context = self._validate(z, context, name="z", shape=self.base.event_shape)
-        return self.bijector.inverse(z, **self._context(context))[0]
+        return batched(lambda z, c: self.bijector.inverse(z, **self._context(c))[0],
+                       [z, context], batch_size)
 
-    def sample(self, n, context=None, temperature=1.0, seed=None):
+    def sample(self, n, context=None, temperature=1.0, seed=None, batch_size=BATCH_SIZE):
         """Draws `n` samples: z ~ base at `temperature`, then x = f^-1(z).
 
-        For a conditional flow `context` holds one row per sample.
+        `n` is a positive integer and `temperature` a finite number >= 0. For a
+        conditional flow `context` holds one row per sample.
         """
+        check_sample_args(n, temperature)
         if context is not None:
             context = ops.convert_to_tensor(context, dtype=self.compute_dtype)
             if context.shape[0] != n:
                 raise ValueError(f"`context` has {context.shape[0]} rows; sampling "
                                  f"{n} needs one row per sample.")
         z = self.base.sample(n, seed=seed, temperature=temperature)
-        return self.decode(z, context)
+        return self.decode(z, context, batch_size=batch_size)
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        inputs, context = self._unpack(x)
-        if isinstance(inputs, np.ndarray):
-            self._validate(inputs, context)
+        self._check_data(x)
+        validation = kwargs.get("validation_data")
+        if validation is not None:
+            self._check_data(validation[0] if isinstance(validation, tuple) else validation)
         return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        self._check_data(x)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self._check_data(x)
+        return super().predict(x, *args, **kwargs)
+
+    def _check_data(self, data):
+        """Validates what `fit`, `evaluate` or `predict` receive before the
+        traced steps, which cannot raise: every row of arrays, the first
+        batch of a `tf.data.Dataset` or `keras.utils.PyDataset` (others, such
+        as generators, cannot be read ahead and are not checked)."""
+        batch = None
+        if isinstance(data, keras.utils.PyDataset):
+            batch = data[0]
+        elif hasattr(data, "take") and hasattr(data, "element_spec"):  # tf.data
+            batch = keras.tree.map_structure(np.asarray, next(iter(data.take(1))))
+        if isinstance(batch, tuple):
+            data = batch[0]  # (x, y) or (x, y, sample_weight), as Keras reads datasets
+        elif batch is not None:
+            data = batch
+        x, context = self._unpack(data)
+        if not hasattr(x, "shape") or not hasattr(x, "__getitem__"):
+            return
+        for start in range(0, x.shape[0] or 0, VALIDATION_ROWS):
+            stop = start + VALIDATION_ROWS
+            self._validate(x[start:stop], None if context is None else context[start:stop])
 
     # -- presets and export ----------------------------------------------
     preset_family = None  # the registry names a family; None accepts every preset
@@ -200,6 +245,16 @@ class Flow(keras.Model):
 
         if format not in FORMATS:
             raise ValueError(f"`format` must be 'tf_saved_model' or 'onnx'; got {format!r}.")
+        parent = os.path.dirname(os.path.abspath(filepath))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"Cannot export to {filepath}: cannot create {parent} "
+                          f"({err.strerror}).") from err
+        if not os.access(parent, os.W_OK) or os.path.isfile(filepath):
+            problem = "is a file" if os.path.isfile(filepath) else f"{parent} is not writable"
+            raise OSError(f"Cannot export to {filepath}: {problem}; give a directory path "
+                          "that can be written.")
         writer = export_saved_model if format == "tf_saved_model" else export_onnx
         return writer(self, filepath, verbose=verbose)
 

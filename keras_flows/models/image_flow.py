@@ -13,7 +13,9 @@ from keras_flows.layers.preprocessing import Dequantize
 from keras_flows import metrics
 from keras_flows.models.flow import Flow
 from keras_flows.utils.backend import is_concrete
-from keras_flows.utils.checks import check_event
+from keras_flows.utils.checks import (check_event, check_labels, check_pixels,
+                                      check_sample_args, to_numpy)
+from keras_flows.utils.inference import BATCH_SIZE, batched
 from keras_flows.utils.math import upcast
 from keras_flows.utils.random import seed_generator
 
@@ -140,8 +142,11 @@ class ImageFlow(Flow):
                 latents.append(z)
         return latents + [h]
 
-    def _decode(self, latents, temperature=1.0, seed=None):
-        """Images from latents; a `None` latent is drawn from its prior."""
+    def _decode(self, latents, temperature=1.0, seed=None, raw=False):
+        """Images from latents; a `None` latent is drawn from its prior.
+
+        `raw=True` returns the dequantized-scale values before any
+        non-finite pixel is replaced (benchmarks/sample_overflow.py)."""
         h = latents[-1]
         for index in reversed(range(self.num_levels)):
             if index < len(self.split_priors):
@@ -152,6 +157,8 @@ class ImageFlow(Flow):
                 h = ops.concatenate([z, h], axis=-1)
             h, _ = self.levels[index].inverse(h)
         y, _ = self.preprocess.inverse(h)
+        if raw:
+            return y
         # Each inverse affine coupling divides by its scale, so a latent far in
         # the tails can grow past float32's range on the way back.
         finite = ops.isfinite(y)
@@ -166,28 +173,27 @@ class ImageFlow(Flow):
 
     # -- the public API ---------------------------------------------------
     def _validate(self, x, context, name="x", shape=None, finite=True):
+        if finite and is_concrete(x):
+            check_pixels(to_numpy(x))
         x = ops.convert_to_tensor(x, dtype=self.compute_dtype)
         check_event(x, self.image_shape, "images", finite=finite)
-        if finite and is_concrete(x):
-            values = ops.convert_to_numpy(x)
-            if values.min() < 0 or values.max() >= 256:
-                raise ValueError(
-                    f"Pixel values must be in [0, 256) (uint8 range); got values in "
-                    f"[{values.min():g}, {values.max():g}].")
         if self.num_classes is None:
             self._context(context)
             return x, None
         if context is None:
             self._context(None)
-        context = ops.convert_to_tensor(context, dtype="int32")
+        if finite and is_concrete(context):
+            check_labels(to_numpy(context), self.num_classes)
+        context = ops.convert_to_tensor(context)
+        if "int" not in keras.backend.standardize_dtype(context.dtype):
+            # Inside traced steps, where nothing can raise, a fractional label
+            # becomes -1, to which the top prior gives NaN.
+            labels = ops.cast(context, "int32")
+            context = ops.where(ops.cast(labels, context.dtype) == context, labels, -1)
+        context = ops.cast(context, "int32")
         if tuple(context.shape) != (x.shape[0],):
             raise ValueError(f"`context` must hold one class label per image, shape "
                              f"({x.shape[0]},); got {tuple(context.shape)}.")
-        if finite and is_concrete(context):
-            labels = ops.convert_to_numpy(context)
-            if labels.min() < 0 or labels.max() >= self.num_classes:
-                raise ValueError(f"Class labels must be in [0, {self.num_classes}); got "
-                                 f"[{labels.min()}, {labels.max()}].")
         return x, context
 
     def _context(self, context):
@@ -203,47 +209,63 @@ class ImageFlow(Flow):
         nll = super()._data_loss(nll, sample_weight)
         return metrics.bits_per_dim(-nll, math.prod(self.image_shape))
 
-    def bits_per_dim(self, images, context=None, num_samples=None, seed=None):
+    def bits_per_dim(self, images, context=None, num_samples=None, seed=None,
+                     batch_size=BATCH_SIZE):
         """Bits per dimension of each image: -log p(x) / (D log 2).
 
         With `num_samples=None` the bin midpoints are scored (deterministic);
         with `num_samples=K`, the importance-sampled bound
         -log(1/K sum_k p(x + u_k)) over K uniform dequantizations, which
-        tightens towards the discrete likelihood as K grows.
+        tightens towards the discrete likelihood as K grows. Computed
+        `batch_size` images at a time with no gradient graph, as `log_prob`.
         """
         x, context = self._validate(images, context)
-        if num_samples is None:
-            log_p = self._log_prob(x, context)
-        else:
-            generator = seed_generator(seed)
+        if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(
+                num_samples, (int, np.integer)) or num_samples < 1):
+            raise ValueError(f"`num_samples` must be None or a positive integer; got "
+                             f"{num_samples!r}.")
+        generator = seed_generator(seed)
+
+        def log_prob(x, context):
+            if num_samples is None:
+                return self._log_prob(x, context)
             draws = ops.stack([
                 self._log_prob(x, context, noise=keras.random.uniform(
                     ops.shape(x), seed=generator, dtype=x.dtype))
                 for _ in range(int(num_samples))])
-            log_p = ops.logsumexp(draws, axis=0) - math.log(int(num_samples))
+            return ops.logsumexp(draws, axis=0) - math.log(int(num_samples))
+
+        log_p = batched(log_prob, [x, context], batch_size)
         return metrics.bits_per_dim(log_p, math.prod(self.image_shape))
 
-    def encode(self, x, context=None):
+    def encode(self, x, context=None, batch_size=BATCH_SIZE):
         """The latents `[z_1, ..., z_L]` of each image (bin midpoints)."""
         x, context = self._validate(x, context)
-        return self._encode(x, context)
+        return batched(self._encode, [x, context], batch_size)
 
-    def decode(self, latents, context=None):
+    def decode(self, latents, context=None, batch_size=BATCH_SIZE):
         """Images in [0, 255] from the full list of latents."""
         latents = [ops.convert_to_tensor(z, dtype=self.compute_dtype) for z in latents]
         if len(latents) != self.num_levels:
             raise ValueError(f"`decode` needs {self.num_levels} latents, one per level; "
                              f"got {len(latents)}.")
-        return self._decode(latents)
+        return batched(self._decode, [latents], batch_size)
 
-    def sample(self, n, context=None, temperature=1.0, seed=None):
-        """`n` images in [0, 255]; every latent drawn at `temperature`."""
+    def sample(self, n, context=None, temperature=1.0, seed=None, batch_size=BATCH_SIZE):
+        """`n` images in [0, 255]; every latent drawn at `temperature`.
+
+        `n` is a positive integer and `temperature` a finite number >= 0.
+        """
+        check_sample_args(n, temperature)
         if self.num_classes is not None:
             if context is None:
                 self._context(None)
-            context = ops.convert_to_tensor(np.broadcast_to(
-                ops.convert_to_numpy(context), (n,)) if np.ndim(context) == 0 else context,
-                dtype="int32")
+            if is_concrete(context):
+                context = to_numpy(context)
+                if context.ndim == 0:
+                    context = np.broadcast_to(context, (n,))
+                check_labels(context, self.num_classes)
+            context = ops.convert_to_tensor(context, dtype="int32")
             if tuple(context.shape) != (n,):
                 raise ValueError(f"`context` has {context.shape[0]} labels; sampling {n} "
                                  "needs one per sample.")
@@ -252,7 +274,9 @@ class ImageFlow(Flow):
         seed = seed_generator(seed)
         top = self.top_prior.sample((n, *self.top_prior.shape), context,
                                     temperature=temperature, seed=seed)
-        return self._decode([None] * len(self.split_priors) + [top], temperature, seed)
+        splits = [None] * len(self.split_priors)
+        return batched(lambda top: self._decode(splits + [top], temperature, seed), [top],
+                       batch_size)
 
     def get_config(self):
         config = keras.Model.get_config(self)

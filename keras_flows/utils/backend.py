@@ -1,5 +1,7 @@
 """The little per-backend code keras_flows needs, one branch per backend."""
 
+import contextlib
+
 import keras
 
 
@@ -26,3 +28,17 @@ def is_concrete(x):
 
         return not torch.compiler.is_compiling()
     return True
+
+
+def no_grad():
+    """A context in which PyTorch's autograd records nothing.
+
+    JAX and TensorFlow record gradients only inside `jax.grad` or a
+    `GradientTape`, so there it is a no-op; on PyTorch every op on a tensor
+    that requires grad keeps its graph (and its activations) until freed.
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
