@@ -224,7 +224,7 @@ class ImageFlow(Flow):
                 num_samples, (int, np.integer)) or num_samples < 1):
             raise ValueError(f"`num_samples` must be None or a positive integer; got "
                              f"{num_samples!r}.")
-        generator = seed_generator(seed)
+        generator = None if num_samples is None else seed_generator(seed)
 
         def log_prob(x, context):
             if num_samples is None:
