@@ -161,3 +161,17 @@ def test_bad_labels_that_reach_a_traced_step_give_nan():
     log_p = numpy(glow({"x": pixels, "context": np.array([0.0, 1.0, 1.5, 7.0], "float32")}))
     np.testing.assert_allclose(-log_p[:2] / (64 * np.log(2)), good[:2], rtol=1e-5)
     assert np.isnan(log_p[2:]).all()
+
+
+def test_large_inputs_are_processed_batch_size_rows_at_a_time(monkeypatch):
+    # what bounds memory: no pass through the network sees more rows than batch_size
+    glow, pixels = tiny_glow(), images(23)
+    rows, forward = [], glow._log_prob
+
+    def spy(x, *args, **kwargs):
+        rows.append(int(x.shape[0]))
+        return forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(glow, "_log_prob", spy)
+    glow.bits_per_dim(pixels, batch_size=5)
+    assert rows == [5, 5, 5, 5, 3]
