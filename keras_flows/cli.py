@@ -78,15 +78,14 @@ def cmd_list(args):
 
 
 def cmd_info(args):
-    from keras_flows.presets import _builtin_name, MANIFEST, _files
+    from keras_flows.presets import MANIFEST, preset_files
 
-    name = _builtin_name(args.preset, None)
-    label, paths = _files(args.preset, None, load_weights=False)
+    label, paths = preset_files(args.preset, None, load_weights=False)
     with open(paths["metadata.json"]) as f:
         metadata = json.load(f)
-    if name is not None:
-        print(f"preset {name}: files {os.path.dirname(paths['config.json'])}")
-        metadata.setdefault("files", MANIFEST[name]["files"])
+    if label in MANIFEST:
+        print(f"preset {label}: files {os.path.dirname(paths['config.json'])}")
+        metadata.setdefault("files", MANIFEST[label]["files"])
     print(json.dumps(metadata, indent=2))
 
 

@@ -3,20 +3,42 @@
     python -m keras_flows.train zoo/glow_mnist_small.json --out runs/glow_mnist \
         --data ../shared/datasets/mnist.npz --max-minutes 20
 
-Checkpoints go to OUT/backup every `checkpoint_every` steps and after every
-epoch; running the same command again resumes from the last one (see
-`keras_flows.callbacks.Checkpoint`). Each epoch writes a sample grid and
-logs the test bits/dim at bin midpoints (OUT/log.csv); the end writes
-OUT/model.keras and OUT/results.json with the full test split's bits/dim
-(one uniform-dequantization draw per image, the papers' figure, and at bin
-midpoints), parameter count, steps, wall-clock time, machine and command.
-`--init PRESET` starts from a preset's weights (the optimizer starts afresh:
-keep a warmup) and counts its steps and time in the totals; `--preset DIR`
-writes the result as a preset.
+Training resumes exactly: OUT/backup holds atomic checkpoints (see
+`keras_flows.callbacks.Checkpoint`) of the whole state: weights, optimizer and
+metric variables, the random generators' states, the position in the data,
+the log rows and the time so far. They are written every `checkpoint_every`
+steps, at every epoch's end and when `--max-minutes` runs out. After a stop, a
+crash or a SIGKILL at any moment, running the same command again continues
+from the newest readable checkpoint and ends with the same weights as an
+uninterrupted run (bit for bit on CPU). The data order is a function of the
+seed alone: pass p over the N training images visits them in the order
+`numpy.random.default_rng([seed, p]).permutation(N)` (with `flip`, mirroring
+those where the same generator's next N uniforms are below 1/2), in
+N // batch_size batches; epochs of `steps_per_epoch` batches (one pass by
+default) take the next batches of that stream.
+
+Each completed epoch writes a sample grid and a row of OUT/log.csv (train
+loss, test bits/dim at bin midpoints of `--eval-images` test images, training
+seconds so far); an epoch cut by `--max-minutes` writes neither. The end
+writes OUT/model.keras and OUT/results.json with the full test split's
+bits/dim (one uniform-dequantization draw per image, the papers' figure, and
+at bin midpoints), parameter count, epochs, steps, training time (this run's
+and, over all runs, the time that trained the kept steps), machine and
+command. The data must be local (`--data` or KERAS_FLOWS_DATA). `--init
+PRESET` starts from a preset's weights (the optimizer starts afresh: keep a
+warmup) and counts its steps and time in the totals; `--preset DIR` writes
+the result as a preset. Errors (a bad config, a missing data file, a full
+disk) end with one line and exit code 1; `--verbose` shows the traceback.
 """
 
 import argparse
+import contextlib
+import csv
+import errno
+import inspect
+import io
 import json
+import math
 import os
 import platform
 import sys
@@ -27,7 +49,8 @@ import keras
 from keras import ops
 
 import keras_flows as kf
-from keras_flows.callbacks import Checkpoint, NaNGuard, SampleGrid, TimeBudget, Warmup
+from keras_flows.callbacks import Checkpoint, NaNGuard, SampleGrid, Warmup
+from keras_flows.datasets.images import ENV_VAR
 from keras_flows.metrics import mean_bits_per_dim
 
 
@@ -51,8 +74,7 @@ def main(argv=None, prog=None):
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("config", help="a JSON config from zoo/")
     parser.add_argument("--out", required=True, help="run directory")
-    parser.add_argument("--data", help="local .npz or image folder (else KERAS_FLOWS_DATA "
-                                       "or tensorflow-datasets)")
+    parser.add_argument("--data", help="local .npz or image folder (else KERAS_FLOWS_DATA)")
     parser.add_argument("--epochs", type=int, help="override the config's epochs")
     parser.add_argument("--steps-per-epoch", type=int, help="override steps per epoch")
     parser.add_argument("--max-minutes", type=float, help="stop training after this long")
@@ -69,9 +91,19 @@ def main(argv=None, prog=None):
     parser.add_argument("--preset", metavar="DIR",
                         help="also write the trained model as a preset (config.json, "
                              "model.weights.h5, metadata.json with the figures)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the traceback of an error, not only its message")
     args = parser.parse_args(argv)
-    with open(args.config) as f:
-        config = json.load(f)
+    try:
+        return _run(args, parser, argv)
+    except (OSError, ValueError, FloatingPointError) as error:
+        if args.verbose:
+            raise
+        raise SystemExit(f"error: {error}") from None
+
+
+def _run(args, parser, argv):
+    config = _read_config(args.config)
     for item in args.set:
         _override(config, item, parser)
     data, train = config["dataset"], config["training"]
@@ -85,44 +117,17 @@ def main(argv=None, prog=None):
     os.makedirs(args.out, exist_ok=True)
 
     conditional = config["model_config"].get("num_classes") is not None
-    _, _, x_test, y_test = kf.datasets.load_arrays(data["name"], path=args.data)
-    labels = y_test.astype("int32") if conditional else None
-    previous = None
+    x_train, y_train, x_test, y_test = _load_data(data["name"], args.data)
+    labels = y_test if conditional else None
+    previous, progress = None, {}
     if args.evaluate_only:
         flow = keras.saving.load_model(os.path.join(args.out, "model.keras"))
-        history, seconds = None, 0.0
     else:
-        flow = getattr(kf, config["model"])(**config["model_config"])
+        flow = _build(config, args.config)
         if args.init:
             previous = _initialize(flow, args.init, config["model"])
-        train_ds, _ = kf.datasets.load(data["name"], batch_size=data["batch_size"],
-                                       path=args.data, flip=data.get("flip", False),
-                                       seed=train.get("seed", 0), with_labels=conditional,
-                                       drop_remainder=True)
-        optimizer = keras.optimizers.Adamax(
-            Warmup(train["learning_rate"], train.get("warmup_steps", 1)),
-            clipnorm=train.get("clipnorm"))
-        flow.compile(optimizer=optimizer, jit_compile=train.get("jit_compile", "auto"))
-        print(f"{config['model']}: {flow.count_params():,} parameters, "
-              f"backend {keras.backend.backend()}")
-
-        # A seeded random subset: test files may be sorted by class.
-        subset = np.random.default_rng(0).permutation(len(x_test))[:args.eval_images]
-        callbacks = [
-            Checkpoint(os.path.join(args.out, "backup"),
-                       save_freq=train.get("checkpoint_every", "epoch"), delete_checkpoint=False),
-            NaNGuard(),
-            SampleGrid(args.out, x_test[subset],
-                       labels=None if labels is None else labels[subset]),
-            keras.callbacks.CSVLogger(os.path.join(args.out, "log.csv"), append=True),
-        ]
-        if train.get("max_minutes"):
-            callbacks.append(TimeBudget(train["max_minutes"] * 60))
-        start = time.time()
-        history = flow.fit(train_ds, epochs=train["epochs"],
-                           steps_per_epoch=train.get("steps_per_epoch"),
-                           callbacks=callbacks, shuffle=False, verbose=2)
-        seconds = time.time() - start
+        progress = _train(flow, config, args, x_train, y_train if conditional else None,
+                          x_test, labels)
     bpd = mean_bits_per_dim(flow, x_test, labels, num_samples=1)
     midpoint = mean_bits_per_dim(flow, x_test, labels)
     results_path = os.path.join(args.out, "results.json")
@@ -132,17 +137,16 @@ def main(argv=None, prog=None):
     else:
         flow.save(os.path.join(args.out, "model.keras"))
         results = {}
+    if previous is not None:
+        progress["train_seconds_total"] = round(
+            progress["train_seconds_total"] + previous["train_seconds"], 1)
     results.update({
         "model": config["model"], "config": args.config, "dataset": data["name"],
         "parameters": int(flow.count_params()),
         "optimizer_steps": int(ops.convert_to_numpy(flow.optimizer.iterations))
                            + (0 if previous is None else previous["optimizer_steps"]),
-        **({} if history is None else {
-            "epochs_run_now": len(history.history.get("loss", [])),
-            "train_seconds_now": round(seconds, 1)}),
-        **({} if previous is None else {
-            "initialized_from": previous,
-            "train_seconds_total": round(seconds + previous["train_seconds"], 1)}),
+        **progress,
+        **({} if previous is None else {"initialized_from": previous}),
         "test_bits_per_dim": round(bpd, 4),
         "test_bits_per_dim_midpoint": round(midpoint, 4),
         "test_images": int(len(x_test)),
@@ -154,8 +158,7 @@ def main(argv=None, prog=None):
         ("evaluate_command" if args.evaluate_only else "command"):
             "python -m keras_flows.train " + " ".join(sys.argv[1:] if argv is None else argv),
     })
-    with open(results_path, "w") as f:
-        json.dump(results, f, indent=2)
+    _write_atomic(results_path, json.dumps(results, indent=2))
     print(f"test bits/dim {bpd:.4f} (uniform dequantization), {midpoint:.4f} (bin "
           f"midpoints), {results['optimizer_steps']} steps")
     if args.preset:
@@ -164,10 +167,196 @@ def main(argv=None, prog=None):
     return results
 
 
+def _train(flow, config, args, x_train, y_train, x_test, labels):
+    """Trains `flow` from OUT/backup's newest checkpoint (or afresh) to the
+    config's last epoch or `max_minutes`; returns the totals for results.json."""
+    data, train = config["dataset"], config["training"]
+    flow.compile(optimizer=keras.optimizers.Adamax(
+                     Warmup(train["learning_rate"], train.get("warmup_steps", 1)),
+                     clipnorm=train.get("clipnorm")),
+                 jit_compile=train.get("jit_compile", "auto"))
+    print(f"{config['model']}: {flow.count_params():,} parameters, "
+          f"backend {keras.backend.backend()}")
+    classes = getattr(flow, "num_classes", None)
+    if y_train is not None and not 0 <= y_train.min() <= y_train.max() < classes:
+        raise ValueError(f"The training labels must be in [0, {classes}) (model_config."
+                         f"num_classes); got {y_train.min()} to {y_train.max()}.")
+    batch_size = int(data["batch_size"])
+    if not 0 < batch_size <= len(x_train):
+        raise ValueError(f"{args.config}: dataset.batch_size must be in [1, {len(x_train)}] "
+                         f"(the training images); got {batch_size}.")
+    spec = {"seed": int(train.get("seed", 0)), "batch_size": batch_size,
+            "flip": bool(data.get("flip", False)), "train_images": len(x_train),
+            "steps_per_epoch": int(train.get("steps_per_epoch") or len(x_train) // batch_size)}
+    steps_per_epoch, total = spec["steps_per_epoch"], spec["steps_per_epoch"] * train["epochs"]
+    every = train.get("checkpoint_every", "epoch")
+    every = steps_per_epoch if every == "epoch" else every
+    if not isinstance(every, int) or every < 1:
+        raise ValueError(f"{args.config}: training.checkpoint_every must be a number of "
+                         f"steps > 0 or \"epoch\"; got {every!r}.")
+    checkpoint = Checkpoint(os.path.join(args.out, "backup"))
+    if os.path.exists(os.path.join(checkpoint.directory, "latest.weights.h5")):
+        raise ValueError(f"{checkpoint.directory} holds a checkpoint of an earlier keras_flows "
+                         "(latest.weights.h5), which cannot be resumed exactly; move it "
+                         "away to start afresh.")
+    state = checkpoint.restore(flow) or {"step": 0, "seconds": 0.0, "rows": [], "data": spec}
+    if state["data"] != spec:
+        raise ValueError(f"{checkpoint.last} continues a run with data settings "
+                         f"{state['data']}, not {spec}: rerun with the same config and "
+                         f"options, or train into a new --out.")
+    _write_log(args.out, state["rows"])
+
+    # A seeded random subset: test files may be sorted by class.
+    subset = np.random.default_rng(0).permutation(len(x_test))[:args.eval_images]
+    guard = NaNGuard()
+    grid = SampleGrid(args.out, x_test[subset], labels=None if labels is None else labels[subset])
+    grid.set_model(flow)
+    batches = _batches(x_train, y_train, batch_size, spec["seed"], spec["flip"], state["step"])
+    budget = 60 * train.get("max_minutes") if train.get("max_minutes") else math.inf
+    start, first, seconds = time.time(), state["step"], state["seconds"]
+    while state["step"] < total:
+        if state["step"] % steps_per_epoch == 0:
+            flow.reset_metrics()
+        logs = flow.train_on_batch(next(batches), return_dict=True)
+        guard.on_train_batch_end(state["step"] % steps_per_epoch, logs)
+        state["step"] += 1
+        epoch, done = divmod(state["step"], steps_per_epoch)
+        if done == 0:
+            logs = {"loss": float(logs["loss"])}
+            grid.on_epoch_end(epoch - 1, logs)
+            state["seconds"] = seconds + time.time() - start
+            state["rows"].append({"epoch": epoch - 1, **logs,
+                                  "wall_clock_seconds": round(state["seconds"], 1)})
+            checkpoint.save(flow, state)
+            _write_log(args.out, state["rows"])
+            print(f"epoch {epoch}/{train['epochs']}: loss {logs['loss']:.4f}, test bits/dim "
+                  f"{logs['test_bits_per_dim']:.4f}, {state['seconds']:.0f} s")
+        stop = time.time() - start > budget
+        if done and (stop or state["step"] % every == 0):
+            state["seconds"] = seconds + time.time() - start
+            checkpoint.save(flow, state)
+        if stop:
+            print(f"--max-minutes reached at step {done} of epoch {epoch + 1}"
+                  if done else f"--max-minutes reached after epoch {epoch}")
+            break
+    return {"epochs": state["step"] // steps_per_epoch,
+            "epochs_run_now": state["step"] // steps_per_epoch - first // steps_per_epoch,
+            "train_seconds_now": round(time.time() - start, 1),
+            "train_seconds_total": round(seconds + time.time() - start, 1)}
+
+
+def _batches(x, y, batch_size, seed, flip, step):
+    """Training batches from global step `step` on. Pass p over the data visits the
+    images in the order `numpy.random.default_rng([seed, p]).permutation(N)`
+    (mirroring, with `flip`, those where the same generator's next N uniforms are
+    below 1/2) in `N // batch_size` batches; the last partial batch is dropped."""
+    per_pass = len(x) // batch_size
+    while True:
+        rng = np.random.default_rng([seed, step // per_pass])
+        order, mirror = rng.permutation(len(x)), rng.random(len(x)) < 0.5
+        for start in range(step % per_pass * batch_size, per_pass * batch_size, batch_size):
+            index = order[start:start + batch_size]
+            images = x[index]
+            if flip:
+                images = np.where(mirror[start:start + batch_size, None, None, None],
+                                  images[:, :, ::-1], images)
+            yield images if y is None else {"x": images, "context": y[index]}
+            step += 1
+
+
+def _write_log(directory, rows):
+    """OUT/log.csv: one row per completed epoch (the checkpoint's rows)."""
+    path = os.path.join(directory, "log.csv")
+    if not rows:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        return
+    text = io.StringIO()
+    writer = csv.DictWriter(text, ["epoch", *sorted({k for row in rows for k in row} - {"epoch"})])
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(path, text.getvalue())
+
+
+def _write_atomic(path, text):
+    """Writes `text` to `path` through a temporary file renamed over it."""
+    temporary = f"{path}.tmp"
+    try:
+        with open(temporary, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        full = " (the disk is full)" if error.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise OSError(f"Could not write {path}{full}: {error.strerror or error}.") from error
+
+
+def _read_config(path):
+    """The training config at `path`, with a clear error for a bad file."""
+    expected = "expected a JSON training config such as zoo/glow_mnist_small.json"
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"The training config {path} does not exist; {expected}.") from None
+    except IsADirectoryError:
+        raise ValueError(f"The training config {path} is a folder; {expected}.") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"The training config {path} is not valid JSON ({error}); "
+                         f"{expected}.") from None
+    for key in REQUIRED:
+        node = config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ValueError(f"The training config {path} has no {key!r}; {expected} "
+                                 f"(with {', '.join(REQUIRED)}).")
+            node = node[part]
+        if key == "dataset.name" and node not in kf.datasets.IMAGE_DATASETS:
+            raise ValueError(
+                f"{path}: dataset.name {node!r} is not an image dataset; expected one of "
+                f"{', '.join(kf.datasets.IMAGE_DATASETS)} (2-D toy configs train with "
+                "guides/train_2d_density.py).")
+    return config
+
+
+REQUIRED = ("model", "model_config", "dataset.name", "dataset.batch_size", "training.epochs",
+            "training.learning_rate")
+
+
+def _build(config, path):
+    """The config's model, with a clear error for an unknown name or bad arguments."""
+    name = config["model"]
+    models = sorted(n for n, c in vars(kf).items() if isinstance(c, type)
+                    and issubclass(c, keras.Model) and c is not kf.ImageFlow
+                    and "image_shape" in inspect.signature(c).parameters)
+    if name not in models:
+        raise ValueError(f"{path}: unknown model {name!r}; expected an image flow: "
+                         f"{', '.join(models)}.")
+    try:
+        return getattr(kf, name)(**config["model_config"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: model_config does not fit {name}: {error}") from None
+
+
+def _load_data(name, path):
+    """The dataset's local arrays, with an error naming `--data`."""
+    if path is None and not os.environ.get(ENV_VAR):
+        raise ValueError(f"No data for {name!r}: pass --data (a .npz with x_train, y_train, "
+                         f"x_test, y_test, or an image folder with train/ and test/), or set "
+                         f"{ENV_VAR} to a folder holding its .npz.")
+    try:
+        return kf.datasets.load_arrays(name, path=path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--data {path}: {error}" if path else str(error)) from None
+
+
 def _initialize(flow, preset, model):
     """Copies a preset's weights into `flow`; returns what the preset's metadata
     says of its training (for the new metadata)."""
-    from keras_flows.presets import _files
+    from keras_flows.presets import preset_files
 
     source = getattr(kf, model).from_preset(preset)
     try:
@@ -175,7 +364,7 @@ def _initialize(flow, preset, model):
     except ValueError as error:
         raise SystemExit(f"--init {preset}: its weights do not fit the config's model "
                          f"(the architectures differ): {error}")
-    with open(_files(preset, None, load_weights=False)[1]["metadata.json"]) as f:
+    with open(preset_files(preset, None, load_weights=False)[1]["metadata.json"]) as f:
         metadata = json.load(f)
     steps = metadata.get("optimizer_steps", 0)
     seconds = metadata.get("train_seconds_total", metadata.get("train_seconds_now", 0.0))

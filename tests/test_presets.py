@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -12,6 +13,7 @@ from keras import ops
 
 import keras_flows as kf
 from keras_flows import presets
+from keras_flows.presets import PresetError
 from keras_flows.presets.download import sha256_of
 from keras_flows.train import check_subset
 
@@ -129,11 +131,90 @@ def test_corrupted_or_incomplete_preset_directories_are_refused(tmp_path):
     _moons_flow().save_to_preset(tmp_path / "p")
     weights = tmp_path / "p" / "model.weights.h5"
     weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(ValueError, match="model.weights.h5 is corrupted"):
+    with pytest.raises(PresetError, match=f"{re.escape(str(weights))} is corrupted"):
         kf.Flow.from_preset(str(tmp_path / "p"))
     weights.unlink()
-    with pytest.raises(FileNotFoundError, match="lacks model.weights.h5"):
+    with pytest.raises(PresetError, match=f"{tmp_path / 'p'} lacks model.weights.h5"):
         kf.Flow.from_preset(str(tmp_path / "p"))
+
+
+def _one_line_error(preset, match, **kwargs):
+    """The PresetError from_preset raises: one line, matching `match`."""
+    with pytest.raises(PresetError, match=match) as info:
+        kf.Flow.from_preset(str(preset), **kwargs)
+    assert "\n" not in str(info.value), str(info.value)
+    return info.value
+
+
+@pytest.mark.parametrize("override", [{"num_layers": 4}, {"hidden_units": [64]}, {"seed": 1},
+                                      {"steps_per_level": 4}, {"name": "ok", "activation": "tanh"}])
+def test_overrides_that_touch_the_weights_are_refused(override):
+    refused = sorted(set(override) - {"name"})
+    with pytest.raises(PresetError, match=f"cannot override {', '.join(refused)}: only "
+                                          "name, trainable, dtype may change"):
+        kf.RealNVP.from_preset("moons", **override)
+    with pytest.raises(PresetError, match=f"cannot override {', '.join(refused)}"):
+        kf.Glow.from_preset("mnist", **override)
+
+
+def test_overrides_that_do_not_touch_the_weights_apply(tmp_path):
+    flow = _moons_flow()
+    flow.save_to_preset(tmp_path / "p")
+    loaded = kf.Flow.from_preset(str(tmp_path / "p"), name="renamed", trainable=False,
+                                 dtype="float64")
+    assert (loaded.name, loaded.trainable, loaded.dtype_policy.name) == ("renamed", False,
+                                                                         "float64")
+    for a, b in zip(flow.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a.astype("float64"), b)
+    x = kf.datasets.toy("moons", 16, seed=0)
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded.log_prob(x.astype("float64"))),
+                               ops.convert_to_numpy(flow.log_prob(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weights_from, problem", [
+    ({"num_layers": 3}, "extra variables"), ({"num_layers": 1}, "variables missing"),
+    ({"hidden_units": [16]}, "variables of another shape")])
+def test_weights_that_do_not_match_the_config_exactly_are_refused(tmp_path, weights_from,
+                                                                  problem):
+    _moons_flow().save_to_preset(tmp_path / "p")
+    other = kf.RealNVP(**{"event_shape": (2,), "num_layers": 2, "hidden_units": [8],
+                          **weights_from})
+    weights = tmp_path / "p" / "model.weights.h5"
+    other.save_weights(str(weights))
+    metadata = json.loads((tmp_path / "p" / "metadata.json").read_text())
+    metadata["weights_sha256"] = sha256_of(weights)  # past the checksum, to the layout
+    (tmp_path / "p" / "metadata.json").write_text(json.dumps(metadata))
+    _one_line_error(tmp_path / "p", f"{re.escape(str(weights))} does not match its "
+                                    f"config.json: [0-9]+ {problem} \\(")
+
+
+def test_truncated_weights_and_malformed_json_are_one_line_errors_naming_the_file(tmp_path):
+    folder = tmp_path / "p"
+    _moons_flow().save_to_preset(folder)
+    config, weights, metadata = (folder / f for f in presets.FILES)
+    weights.write_bytes(weights.read_bytes()[:5000])
+    record = json.loads(metadata.read_text())
+    del record["weights_sha256"]  # else the checksum names the truncation
+    metadata.write_text(json.dumps(record))
+    error = _one_line_error(folder, f"{re.escape(str(weights))} is not a readable HDF5 weights")
+    assert isinstance(error.__cause__, OSError)  # the h5py error, chained
+    for file, text, match in [(metadata, "{oops", "is not valid JSON"),
+                              (config, '{"class_name": "RealNVP"', "is not valid JSON"),
+                              (config, "[1, 2]", "holds a JSON list; a preset's config.json "
+                                                 "holds a JSON object"),
+                              (config, '{"class_name": "RealNVP"}', "has no 'config' object"),
+                              (config, '{"class_name": "Nope", "config": {}}',
+                               "does not describe a model keras_flows can build")]:
+        saved = file.read_text()
+        file.write_text(text)
+        _one_line_error(folder, f"{re.escape(str(file))} {match}", load_weights=False)
+        file.write_text(saved)
+
+
+def test_preset_files_names_a_builtin_preset_and_its_local_files():
+    label, paths = presets.preset_files("moons", kf.RealNVP, load_weights=False)
+    assert label == "realnvp_moons"
+    assert paths["config.json"] == str(ROOT / "pretrained" / "realnvp_moons" / "config.json")
 
 
 # -- downloads, from a local server (tests/conftest.py) -------------------
@@ -192,6 +273,36 @@ def test_hf_and_https_presets_directories_and_archives(server, cache, monkeypatc
         flow = kf.RealNVP.from_preset(preset)
         np.testing.assert_allclose(ops.convert_to_numpy(flow.log_prob(points)), expected,
                                    rtol=1e-6)
+
+
+@pytest.mark.parametrize("file, fault, expected", [
+    ("config.json", "html", "is an HTML page, not JSON"),
+    ("metadata.json", "cut", "is not JSON"),
+    ("model.weights.h5", "html", "is an HTML page, not an HDF5 file")])
+def test_a_bad_file_from_a_preset_url_is_refused_and_not_cached(server, cache, tmp_path, file,
+                                                                fault, expected):
+    served = tmp_path / "served" / "plain"
+    shutil.copytree(ROOT / "pretrained" / "realnvp_moons", served)
+    server.root = tmp_path / "served"
+    if file == "model.weights.h5":  # no sha256 to check it against: by its content, then
+        metadata = json.loads((served / "metadata.json").read_text())
+        del metadata["weights_sha256"]
+        (served / "metadata.json").write_text(json.dumps(metadata))
+    data = (served / file).read_bytes()
+    if fault == "html":
+        (served / file).write_text("<!doctype html>\n<html><body>Service unavailable</body></html>")
+    else:
+        (served / file).write_bytes(data[:len(data) // 2])
+        server.faults[f"/plain/{file}"] = "nolength"
+    with pytest.raises(OSError, match=f"{server.url}/plain/{file} {expected}"):
+        kf.RealNVP.from_preset(f"{server.url}/plain/")
+    assert not [p for p in cache.rglob("*") if p.name.startswith(file)]
+
+
+@pytest.mark.parametrize("name", [n for n in presets.MANIFEST if n not in IMAGE_PRESETS])
+def test_every_vector_preset_loads_its_weights_exactly(name):
+    flow = kf.Flow.from_preset(name)
+    assert flow.count_params() == presets.MANIFEST[name]["parameters"]
 
 
 def test_readme_table_shows_every_preset_as_measured():

@@ -1,8 +1,13 @@
-"""The training script and its callbacks, on real MNIST."""
+"""The training script and its callbacks, on real MNIST (128 images), and its
+one-line errors."""
 
+import itertools
 import json
 import math
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,34 +16,110 @@ from keras import ops
 import keras_flows as kf
 from keras_flows import train
 
-MNIST = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist.npz"
-CONFIG = {
-    "model": "Glow",
-    "model_config": {"image_shape": [28, 28, 1], "levels": 2, "steps_per_level": 1,
-                     "hidden_channels": 8, "seed": 0},
-    "dataset": {"name": "mnist", "batch_size": 32},
-    "training": {"epochs": 1, "learning_rate": 1e-3, "warmup_steps": 2, "clipnorm": 50.0,
-                 "checkpoint_every": 2, "seed": 0},
-}
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MNIST = ROOT.parent / "shared" / "datasets" / "mnist.npz"
+CONFIG = pathlib.Path(__file__).with_name("train_tiny.json")   # 4 steps per epoch
 
 
-def test_train_writes_results_and_resumes(tmp_path):
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(CONFIG))
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "mnist_128.npz"
+    with np.load(MNIST) as f:
+        np.savez(path, x_train=f["x_train"][:128], y_train=f["y_train"][:128],
+                 x_test=f["x_test"][:16], y_test=f["y_test"][:16])
+    return path
+
+
+def test_train_writes_results_and_resumes(tmp_path, data):
     out = tmp_path / "run"
-    args = [str(config), "--out", str(out), "--data", str(MNIST), "--steps-per-epoch", "3",
-            "--eval-images", "64"]
+    args = [str(CONFIG), "--out", str(out), "--data", str(data), "--eval-images", "8"]
     first = train.main(args + ["--epochs", "1"])
-    assert first["optimizer_steps"] == 3
+    assert first["optimizer_steps"] == 4 and first["epochs"] == 1
     assert (out / "samples_epoch_1.png").exists() and (out / "model.keras").exists()
-    assert 0 < first["test_bits_per_dim"] < 8.5 and first["test_images"] == 10_000
+    assert 0 < first["test_bits_per_dim"] < 8.5 and first["test_images"] == 16
     log = (out / "log.csv").read_text().splitlines()
-    assert "test_bits_per_dim" in log[0] and len(log) == 2
-    # Running again with more epochs resumes from the backup: the optimizer
-    # continues from step 3 and only the second epoch runs.
+    assert log[0] == "epoch,loss,test_bits_per_dim,wall_clock_seconds" and len(log) == 2
+    # Running again with more epochs resumes from the checkpoint: the optimizer
+    # continues from step 4, only the second epoch runs, and the totals add up.
     second = train.main(args + ["--epochs", "2"])
-    assert second["optimizer_steps"] == 6 and second["epochs_run_now"] == 1
+    assert second["optimizer_steps"] == 8 and second["epochs_run_now"] == 1
+    assert second["epochs"] == 2 and second["train_seconds_total"] > second["train_seconds_now"]
+    assert (out / "log.csv").read_text().splitlines()[:2] == log
     assert len((out / "log.csv").read_text().splitlines()) == 3
+    assert json.loads((out / "results.json").read_text())["optimizer_steps"] == 8
+
+
+def test_the_data_order_is_a_function_of_the_seed_and_the_position():
+    x = np.arange(10 * 2 * 3, dtype="uint8").reshape(10, 2, 3, 1)
+    y = np.arange(10)
+    # 3 batches of 3 per pass (one image left out), 3 passes.
+    batches = list(itertools.islice(train._batches(x, y, 3, 7, True, 0), 9))
+    later = list(itertools.islice(train._batches(x, y, 3, 7, True, 4), 5))
+    for a, b in zip(batches[4:], later):
+        np.testing.assert_array_equal(a["x"], b["x"])
+        np.testing.assert_array_equal(a["context"], b["context"])
+    passes = [np.concatenate([b["context"] for b in batches[i:i + 3]]) for i in (0, 3, 6)]
+    assert all(len(set(p)) == 9 for p in passes)
+    assert not np.array_equal(passes[0], passes[1])
+    mirrored = [bool(np.array_equal(image, x[label][:, ::-1])) for batch in batches
+                for image, label in zip(batch["x"], batch["context"])]
+    kept = [bool(np.array_equal(image, x[label])) for batch in batches
+            for image, label in zip(batch["x"], batch["context"])]
+    assert all(m != k for m, k in zip(mirrored, kept)) and 0 < sum(mirrored) < 27
+
+
+def _config(path, **changes):
+    config = json.loads(CONFIG.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("folder", "The training config {config} is a folder; expected a JSON training config"),
+    ("missing", "The training config {config} does not exist; expected a JSON"),
+    ("malformed", "The training config {config} is not valid JSON (Expecting value: line 1 "
+                  "column 11 (char 10)); expected"),
+    ("no learning rate", "The training config {config} has no 'training.learning_rate'"),
+    ("toy", "{config}: dataset.name 'moons' is not an image dataset; expected one of mnist, "),
+    ("unknown model", "{config}: unknown model 'Flowy'; expected an image flow: Glow, "
+                      "ImageRealNVP."),
+    ("bad argument", "{config}: model_config does not fit Glow: "),
+    ("no data file", "--data {data}: No such file or folder for dataset 'mnist': {data}"),
+])
+def test_bad_arguments_give_one_line_errors(tmp_path, data, case, expected):
+    config = {
+        "folder": tmp_path,
+        "missing": tmp_path / "missing.json",
+        "malformed": tmp_path / "malformed.json",
+        "no learning rate": _config(tmp_path / "no_rate.json", training={"epochs": 1}),
+        "toy": ROOT / "zoo" / "realnvp_moons.json",
+        "unknown model": _config(tmp_path / "flowy.json", model="Flowy"),
+        "bad argument": _config(tmp_path / "bogus.json",
+                                model_config={"image_shape": [28, 28, 1], "bogus": 1}),
+    }.get(case, CONFIG)
+    (tmp_path / "malformed.json").write_text('{"model": }')
+    if case == "no data file":
+        data = tmp_path / "none.npz"
+    args = [str(config), "--out", str(tmp_path / "run"), "--data", str(data)]
+    with pytest.raises(SystemExit) as error:
+        train.main(args)
+    message = str(error.value)
+    assert message.startswith("error: " + expected.format(config=config, data=data)), message
+    assert "\n" not in message
+    with pytest.raises((ValueError, OSError)):  # --verbose: the exception itself
+        train.main(args + ["--verbose"])
+
+
+def test_the_command_exits_with_one_line_and_no_traceback(tmp_path):
+    process = subprocess.run(
+        [sys.executable, "-m", "keras_flows", "train", str(tmp_path), "--out", str(tmp_path)],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert process.returncode == 1
+    assert process.stderr.strip().splitlines()[-1] == (
+        f"error: The training config {tmp_path} is a folder; expected a JSON training config "
+        "such as zoo/glow_mnist_small.json.")
+    assert "Traceback" not in process.stderr
 
 
 def test_warmup_is_linear_then_flat():

@@ -28,7 +28,7 @@ class SplitPrior(_GaussianPrior):
     [mu, log_sigma] = Conv3x3(h), zero-initialised (so it starts at N(0, I)).
 
     Args:
-        channels: channels of `z`.
+        channels: channels of `z`, and of `h`.
     """
 
     def __init__(self, channels, **kwargs):
@@ -37,6 +37,8 @@ class SplitPrior(_GaussianPrior):
         self.conv = keras.layers.Conv2D(2 * self.channels, 3, padding="same",
                                         kernel_initializer="zeros", dtype=self.dtype_policy,
                                         name="conv")
+        self.conv.build((None, None, None, self.channels))  # h has as many channels as z
+        self.built = True
 
     def _params(self, z, h):
         out = self.conv(h)
@@ -73,6 +75,7 @@ class TopPrior(_GaussianPrior):
                 2 * self.shape[-1], kernel_initializer="zeros", dtype=self.dtype_policy,
                 name="class_map")
             self.class_map.build((None, self.num_classes))
+        self.built = True
 
     def _params(self, z, y=None):
         loc, log_scale = self.loc, self.log_scale

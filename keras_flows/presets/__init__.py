@@ -1,6 +1,7 @@
 """Presets: a model's config, weights and measured figures, by name or location.
 
-A preset is a directory (or a `.zip` / `.tar.gz` archive of one) holding
+A preset is a directory (or a `.zip` / `.tar.gz` / `.tgz` archive of one)
+holding three regular files (not links):
 
     config.json         the serialized model (`keras.saving.serialize_keras_object`)
     model.weights.h5    its weights
@@ -19,28 +20,56 @@ Built-in presets resolve, in order, to: `$KERAS_FLOWS_PRESETS_URL/<name>/`
 when that variable is set (a mirror, or a local server in tests); the
 `pretrained/` directory of a source checkout, with no network at all; the
 published location `hf://keras-flows/pretrained/<name>/`. Downloads are
-verified against the manifest's sha256 and cached (see `download.fetch`).
+verified (against the manifest's sha256, or by length and content) and
+cached (see `download.fetch`).
+
+Archives are unpacked into the cache, never beside themselves, under the
+sha256 of their content (`extract_archive`): only regular files and folders
+that stay inside the target, within `MAX_ARCHIVE_FILES` entries and
+`MAX_ARCHIVE_BYTES` unpacked bytes. The weights must match the config
+exactly (same variables, same shapes), and overrides may change only
+`OVERRIDABLE` entries of the config. Every refusal is a `PresetError` (a
+`ValueError`) naming the file, the entry or the argument.
 """
 
 import json
 import os
 import pathlib
+import re
 import shutil
+import stat
+import tarfile
+import tempfile
 import time
+import zipfile
+import zlib
 
 import keras
 
-from keras_flows.presets.download import fetch, sha256_of
+from keras_flows.presets.download import cache_root, fetch, remove_stale_parts, sha256_of
 
-__all__ = ["from_preset", "save_to_preset", "list_presets", "MANIFEST", "ALIASES"]
+__all__ = ["from_preset", "save_to_preset", "list_presets", "preset_files", "extract_archive",
+           "PresetError", "MANIFEST", "ALIASES", "OVERRIDABLE", "MAX_ARCHIVE_BYTES",
+           "MAX_ARCHIVE_FILES"]
 
 FILES = ("config.json", "model.weights.h5", "metadata.json")
+# Config entries `from_preset(..., **overrides)` may replace: none of them
+# changes which variables the model has or what their values mean.
+OVERRIDABLE = ("name", "trainable", "dtype")
+MAX_ARCHIVE_BYTES = 1 << 30  # unpacked bytes a preset archive may hold (1 GiB)
+MAX_ARCHIVE_FILES = 1000  # entries (files and folders) a preset archive may hold
 PUBLISHED_URL = "hf://keras-flows/pretrained"
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2] / "pretrained"
 with open(pathlib.Path(__file__).with_name("manifest.json")) as _f:
     MANIFEST = json.load(_f)
 # Bare dataset names, for `Flow.from_preset` and the command line.
 ALIASES = {"mnist": "glow_mnist", "cifar10": "glow_cifar10"}
+_CHUNK = 1 << 20
+
+
+class PresetError(ValueError):
+    """A preset, its archive or one of its files is not what a preset must be,
+    or an override is not allowed; the message names the file or argument."""
 
 
 def _family(cls):
@@ -73,22 +102,164 @@ def _is_archive(path):
     return str(path).endswith((".zip", ".tar.gz", ".tgz"))
 
 
-def _unpack(archive):
-    """Extracts an archive beside itself, once; returns the preset directory."""
-    target = pathlib.Path(str(archive) + ".unpacked")
-    if not target.exists():
-        staging = pathlib.Path(f"{target}.part-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
+# -- archives -------------------------------------------------------------
+
+def extract_archive(archive, cache_dir=None):
+    """Unpacks a preset archive into the cache, once per content; returns the folder.
+
+    The folder is `<cache>/archives/<sha256 of the archive>`: the archive may
+    sit on read-only media, and one replaced at the same path is unpacked
+    afresh. Unpacking goes to a staging folder renamed into place when
+    complete (one left by a killed process is removed by the next
+    extraction, `download.remove_stale_parts`). Entry by entry (the checks of tarfile's "data" filter, on every
+    Python version), only regular files and folders are unpacked, each inside
+    the folder; an entry that is a symbolic or hard link, a device or a FIFO,
+    or whose name is absolute or has a `..` component, is refused, as is an
+    archive of more than `MAX_ARCHIVE_FILES` entries or `MAX_ARCHIVE_BYTES`
+    unpacked bytes.
+
+    Args:
+      archive: path of a `.zip`, `.tar.gz` or `.tgz` file.
+      cache_dir: the cache directory; default `download.cache_root()`.
+
+    Raises:
+      PresetError: the archive is refused or unreadable (naming it and the entry).
+    """
+    archive = str(archive)
+    root = os.path.join(cache_root(cache_dir), "archives")
+    target = os.path.join(root, sha256_of(archive))
+    if os.path.isdir(target):
+        return target
+    os.makedirs(root, exist_ok=True)
+    remove_stale_parts(root)
+    staging = tempfile.mkdtemp(prefix=f"{os.path.basename(target)}.part-{os.getpid()}-",
+                               dir=root)
+    try:
         try:
-            shutil.unpack_archive(str(archive), str(staging))
-            os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    found = [p.parent for p in target.rglob("config.json")]
+            _unpack(archive, staging)
+        except (OSError, EOFError, RuntimeError, zlib.error, tarfile.TarError,
+                zipfile.BadZipFile) as e:  # RuntimeError: encrypted or unsupported zip entries
+            raise PresetError(f"Cannot unpack the archive {archive}: {e}") from e
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not os.path.isdir(target):  # else another process unpacked it first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _entries(archive):
+    """(name, kind, size, open) of each entry of a zip or tar archive, kind being
+    "file", "folder", or what else it is (for the refusal)."""
+    if archive.endswith(".zip"):
+        kinds = {0: "file", stat.S_IFREG: "file", stat.S_IFDIR: "folder",
+                 stat.S_IFLNK: "a symbolic link", stat.S_IFCHR: "a device",
+                 stat.S_IFBLK: "a device", stat.S_IFIFO: "a FIFO"}
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                kind = kinds.get(stat.S_IFMT(info.external_attr >> 16), "a special file")
+                kind = "folder" if info.is_dir() and kind == "file" else kind
+                yield info.filename, kind, info.file_size, lambda info=info: z.open(info)
+        return
+    with tarfile.open(archive) as tar:
+        for m in tar:
+            kind = ("file" if m.isreg() else "folder" if m.isdir() else
+                    "a symbolic link" if m.issym() else "a hard link" if m.islnk() else
+                    "a device" if m.ischr() or m.isblk() else
+                    "a FIFO" if m.isfifo() else "a special file")
+            yield m.name, kind, m.size, lambda m=m: tar.extractfile(m)
+
+
+def _unpack(archive, into):
+    """Unpacks `archive` into the empty folder `into`; see `extract_archive`."""
+    def refuse(entry, why):
+        return PresetError(f"Refusing the archive {archive}: its entry {entry!r} {why}.")
+
+    inside = os.path.realpath(into)
+    files, left = MAX_ARCHIVE_FILES, MAX_ARCHIVE_BYTES
+    too_big = (f"takes the unpacked size past MAX_ARCHIVE_BYTES ({MAX_ARCHIVE_BYTES:,} "
+               "bytes), more than a preset needs")
+    for name, kind, size, open_entry in _entries(archive):
+        files -= 1
+        if files < 0:
+            raise refuse(name, f"is one more than MAX_ARCHIVE_FILES ({MAX_ARCHIVE_FILES}), "
+                               "more than a preset needs")
+        if kind not in ("file", "folder"):
+            raise refuse(name, f"is {kind}; a preset archive holds only regular files and "
+                               "folders")
+        parts = [p for p in re.split(r"[/\\]", name) if p not in ("", ".")]
+        path = os.path.join(into, *parts)
+        if (name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) or ".." in parts
+                or os.path.commonpath([os.path.realpath(path), inside]) != inside):
+            raise refuse(name, "is an absolute path or goes up with '..': it would unpack "
+                               "outside the preset folder")
+        if kind == "folder":
+            os.makedirs(path, exist_ok=True)
+            continue
+        if size > left:
+            raise refuse(name, too_big)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open_entry() as source, open(path, "wb") as f:
+            while chunk := source.read(_CHUNK):
+                left -= len(chunk)
+                if left < 0:
+                    raise refuse(name, too_big)
+                f.write(chunk)
+
+
+def _preset_folder(folder, archive):
+    found = [p.parent for p in pathlib.Path(folder).rglob("config.json")]
     if len(found) != 1:
-        raise ValueError(f"The archive {archive} must hold exactly one preset directory "
-                         f"with a config.json; found {len(found)}.")
+        raise PresetError(f"The archive {archive} must hold exactly one preset directory "
+                          f"with a config.json; found {len(found)}.")
     return found[0]
+
+
+# -- locating and checking a preset's files -------------------------------
+
+def _read_json(path):
+    """The JSON object in the file at `path`; a PresetError naming it otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise PresetError(f"{path} is not valid JSON ({e}); a preset's "
+                          f"{os.path.basename(path)} holds a JSON object.") from e
+    if not isinstance(value, dict):
+        raise PresetError(f"{path} holds a JSON {type(value).__name__}; a preset's "
+                          f"{os.path.basename(path)} holds a JSON object.")
+    return value
+
+
+def _verify(path, expected):
+    if expected is not None and (actual := sha256_of(path)) != expected:
+        raise PresetError(f"{path} is corrupted: its sha256 is {actual}, the preset "
+                          f"records {expected}. Restore the file or fetch the preset again.")
+
+
+def _directory_files(directory, load_weights, weights_sha256=None):
+    """The files of a preset directory, each a regular file in it, the weights
+    matching `weights_sha256` (default: the metadata's)."""
+    directory = pathlib.Path(directory)
+    paths = {f: str(directory / f) for f in FILES}
+    needed = FILES if load_weights else ("config.json",)
+    missing = [f for f in needed if not os.path.lexists(paths[f])]
+    if missing:
+        raise PresetError(f"The preset directory {directory} lacks {', '.join(missing)}; "
+                          f"a preset holds {', '.join(FILES)}.")
+    for path in paths.values():
+        if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+            what = "a symbolic link" if os.path.islink(path) else "not a regular file"
+            raise PresetError(f"{path} is {what}; a preset's files must be regular files "
+                              "inside its directory.")
+    if os.path.exists(paths["metadata.json"]):
+        metadata = _read_json(paths["metadata.json"])
+        weights_sha256 = weights_sha256 or metadata.get("weights_sha256")
+    if load_weights:
+        _verify(paths["model.weights.h5"], weights_sha256)
+    return paths
 
 
 def _builtin_files(name, load_weights):
@@ -96,12 +267,8 @@ def _builtin_files(name, load_weights):
     entry = MANIFEST[name]
     base = os.environ.get("KERAS_FLOWS_PRESETS_URL")
     if base is None and (CHECKOUT / name / "config.json").exists():
-        directory = CHECKOUT / name
-        paths = {f: str(directory / f) for f in FILES}
-        if load_weights:
-            _verify(paths["model.weights.h5"], entry["files"]["model.weights.h5"]["sha256"],
-                    f"pretrained/{name}/model.weights.h5")
-        return paths
+        return _directory_files(CHECKOUT / name, load_weights,
+                                entry["files"]["model.weights.h5"]["sha256"])
     base = (base or PUBLISHED_URL).rstrip("/")
     wanted = FILES if load_weights else ("config.json", "metadata.json")
     return {f: fetch(f"{base}/{name}/{f}", entry["files"][f]["sha256"]) for f in wanted}
@@ -109,44 +276,22 @@ def _builtin_files(name, load_weights):
 
 def _remote_files(url, load_weights):
     if _is_archive(url):
-        return _directory_files(_unpack(fetch(url)), load_weights)
+        return _directory_files(_preset_folder(extract_archive(fetch(url)), url), load_weights)
     url = url.rstrip("/")
     paths = {f: fetch(f"{url}/{f}") for f in ("config.json", "metadata.json")}
     if load_weights:
-        with open(paths["metadata.json"]) as f:
-            expected = json.load(f).get("weights_sha256")
+        expected = _read_json(paths["metadata.json"]).get("weights_sha256")
         paths["model.weights.h5"] = fetch(f"{url}/model.weights.h5", expected)
     return paths
 
 
-def _directory_files(directory, load_weights):
-    directory = pathlib.Path(directory)
-    paths = {f: str(directory / f) for f in FILES}
-    needed = FILES if load_weights else ("config.json",)
-    missing = [f for f in needed if not os.path.exists(paths[f])]
-    if missing:
-        raise FileNotFoundError(f"The preset directory {directory} lacks {', '.join(missing)}; "
-                                f"a preset holds {', '.join(FILES)}.")
-    if load_weights:
-        with open(paths["metadata.json"]) as f:
-            expected = json.load(f).get("weights_sha256")
-        _verify(paths["model.weights.h5"], expected, paths["model.weights.h5"])
-    return paths
-
-
-def _verify(path, expected, label):
-    if expected is not None and sha256_of(path) != expected:
-        raise ValueError(f"{label} is corrupted: its sha256 is {sha256_of(path)}, the preset "
-                         f"records {expected}. Restore the file or fetch the preset again.")
-
-
-def _files(preset, cls, load_weights):
+def _find_files(preset, cls, load_weights):
     name = _builtin_name(str(preset), cls)
     if name is not None:
         if load_weights and not MANIFEST[name].get("weights", True):
-            raise ValueError(f"The preset {name!r} has no pretrained weights "
-                             f"({MANIFEST[name].get('description', '')}); pass "
-                             "load_weights=False to build its architecture.")
+            raise PresetError(f"The preset {name!r} has no pretrained weights "
+                              f"({MANIFEST[name].get('description', '')}); pass "
+                              "load_weights=False to build its architecture.")
         return name, _builtin_files(name, load_weights)
     preset = str(preset)
     if _is_remote(preset):
@@ -154,12 +299,86 @@ def _files(preset, cls, load_weights):
     if os.path.isdir(preset):
         return preset, _directory_files(preset, load_weights)
     if os.path.isfile(preset) and _is_archive(preset):
-        return preset, _directory_files(_unpack(preset), load_weights)
+        return preset, _directory_files(_preset_folder(extract_archive(preset), preset),
+                                        load_weights)
     names = ", ".join(list_presets(cls)) or "none"
     owner = getattr(cls, "__name__", "Flow")
-    raise ValueError(
+    raise PresetError(
         f"Unknown preset {preset!r} for {owner}. Built-in presets: {names}. Or give a "
         "preset directory, a .zip/.tar.gz archive, an hf://ORG/REPO URI or an https:// URL.")
+
+
+def preset_files(preset, cls=None, load_weights=True):
+    """Finds (and fetches) a preset's files: `(label, {file name: local path})`.
+
+    `config.json` and `metadata.json` are given, and `model.weights.h5` with
+    `load_weights`; a local directory needs only `config.json` without it.
+    Every file is a regular file, the JSON ones hold objects, and the weights
+    match the sha256 the manifest or the metadata records. `cls` narrows
+    built-in names to its family (see `from_preset`).
+
+    Raises:
+      PresetError: unknown preset, or a file missing or invalid (naming it).
+      OSError: a download failed (`download.DownloadError`).
+    """
+    label, paths = _find_files(preset, cls, load_weights)
+    for file in ("config.json", "metadata.json"):
+        if os.path.exists(paths[file]):
+            _read_json(paths[file])
+    return label, paths
+
+
+# -- building and loading -------------------------------------------------
+
+def _weights_layout(path):
+    """{h5 dataset path: shape} of a keras weights file, the optimizer's left out."""
+    import h5py
+
+    layout = {}
+
+    def visit(key, item):
+        if isinstance(item, h5py.Dataset) and not key.startswith("optimizer/"):
+            layout[key] = item.shape
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return layout
+
+
+def _load_weights(model, path):
+    """Loads the weights file at `path` into `model` once it is known to hold exactly
+    the variables (h5 paths and shapes) that `model.save_weights` would write."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_weights(os.path.join(tmp, "model.weights.h5"))
+        expected = _weights_layout(os.path.join(tmp, "model.weights.h5"))
+    try:
+        found = _weights_layout(path)
+    except OSError as e:
+        raise PresetError(f"{path} is not a readable HDF5 weights file ({e}); expected the "
+                          "weights keras writes with Model.save_weights.") from e
+    if found != expected:
+        differences = {
+            "variables missing": expected.keys() - found.keys(),
+            "extra variables": found.keys() - expected.keys(),
+            "variables of another shape": {k for k in found.keys() & expected.keys()
+                                           if found[k] != expected[k]}}
+        listed = "; ".join(f"{len(keys)} {what} ({', '.join(sorted(keys)[:3])}"
+                           f"{', ...' if len(keys) > 3 else ''})"
+                           for what, keys in differences.items() if keys)
+        raise PresetError(f"{path} does not match its config.json: {listed}.")
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise PresetError(f"{path} could not be loaded: {e}") from e
+
+
+def _with_dtype(config, dtype):
+    """`config` with every "dtype" entry, those of nested layers included, `dtype`."""
+    if isinstance(config, dict):
+        return {k: dtype if k == "dtype" else _with_dtype(v, dtype) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_with_dtype(v, dtype) for v in config]
+    return config
 
 
 def from_preset(preset, cls=None, load_weights=True, **overrides):
@@ -171,21 +390,49 @@ def from_preset(preset, cls=None, load_weights=True, **overrides):
             (a subclass, or a model of the same family: `RealNVP` loads the
             `ImageRealNVP` it builds for images). `None` accepts any flow.
         load_weights: load the pretrained weights (else the initial ones).
-        **overrides: replace entries of the model's config (e.g. `dtype`).
+        **overrides: replace entries of the saved config that do not touch the
+            weights, those in `OVERRIDABLE`: `name`, `trainable`, and `dtype`
+            (a dtype or policy name, e.g. "float64", for the model and every
+            layer in it; the weights are cast on loading). Any other
+            (`steps_per_level`, `hidden_units`, `seed`, ...) would change the
+            variables or what their values mean, and is refused: build the
+            model from its class to change the architecture.
+
+    Raises:
+        PresetError: an override not in `OVERRIDABLE`; a preset file missing,
+            not a regular file or invalid JSON; a config that builds no model;
+            a weights file unreadable or not matching the config exactly
+            (variables missing, extra or of another shape). Each names the
+            argument or the file.
+        OSError: a download failed (`download.DownloadError`).
     """
-    label, paths = _files(preset, cls, load_weights)
-    with open(paths["config.json"]) as f:
-        config = json.load(f)
-    saved = keras.saving.get_registered_object(config.get("registered_name", ""))
+    refused = sorted(set(overrides) - set(OVERRIDABLE))
+    if refused:
+        raise PresetError(f"from_preset cannot override {', '.join(refused)}: only "
+                          f"{', '.join(OVERRIDABLE)} may change, since they do not touch the "
+                          "weights. Build the model from its class to change the "
+                          "architecture.")
+    label, paths = preset_files(preset, cls, load_weights)
+    config = _read_json(paths["config.json"])
+    if not isinstance(config.get("config"), dict):
+        raise PresetError(f"{paths['config.json']} has no 'config' object; expected a model "
+                          "serialized by keras.saving.serialize_keras_object.")
+    saved = keras.saving.get_registered_object(config.get("registered_name") or "")
     if cls is not None and saved is not None and not (
             issubclass(saved, cls) or (_family(cls) and _family(saved) == _family(cls))):
-        raise ValueError(f"The preset {label!r} holds a {saved.__name__}, which is not a "
-                         f"{cls.__name__}: load it with keras_flows.{saved.__name__}"
-                         ".from_preset or keras_flows.Flow.from_preset.")
+        raise PresetError(f"The preset {label!r} holds a {saved.__name__}, which is not a "
+                          f"{cls.__name__}: load it with keras_flows.{saved.__name__}"
+                          ".from_preset or keras_flows.Flow.from_preset.")
+    if "dtype" in overrides:
+        config["config"] = _with_dtype(config["config"], overrides["dtype"])
     config["config"].update(overrides)
-    model = keras.saving.deserialize_keras_object(config)
+    try:
+        model = keras.saving.deserialize_keras_object(config)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise PresetError(f"{paths['config.json']} does not describe a model keras_flows can "
+                          f"build: {e}") from e
     if load_weights:
-        model.load_weights(paths["model.weights.h5"])
+        _load_weights(model, paths["model.weights.h5"])
     return model
 
 
