@@ -44,6 +44,9 @@ CASES = {
     "AffineCoupling[sigmoid]": (
         lambda d: kb.AffineCoupling((8,), scale="sigmoid", dtype=d), (4,), None,
         _normal, _normal),
+    "AffineCoupling[bounded_sigmoid]": (
+        lambda d: kb.AffineCoupling((8,), scale="bounded_sigmoid", scale_bound=2.0,
+                                    dtype=d), (4,), None, _normal, _normal),
     "ElementwiseAffine": (lambda d: kb.ElementwiseAffine(dtype=d), (3,), None,
                           _normal, _normal),
     "Sigmoid": (lambda d: kb.Sigmoid(dtype=d), (3,), None, _normal, _uniform(0.05, 0.95)),
@@ -83,6 +86,9 @@ CASES = {
         lambda d: kb.AffineCoupling(hidden_channels=8, reverse=True, context_shape=(2,),
                                     dtype=d),
         (4, 4, 2), (2,), _normal, _normal),
+    "AffineCoupling[image,bounded_sigmoid]": (
+        lambda d: kb.AffineCoupling(hidden_channels=8, scale="bounded_sigmoid", dtype=d),
+        (4, 4, 2), None, _normal, _normal),
     # RealNVP's image couplings: ResNet conditioner, s = a * tanh(h).
     "AffineCoupling[resnet,checkerboard]": (
         lambda d: kb.AffineCoupling(hidden_channels=8, num_blocks=1, mask="checkerboard",

@@ -1,5 +1,7 @@
 """Coupling layers (NICE, RealNVP, Glow): half the input conditions the other half."""
 
+import math
+
 import numpy as np
 import keras
 from keras import ops
@@ -203,11 +205,21 @@ class AffineCoupling(_Coupling):
     `ConvNet`, or a `ResNet` with `num_blocks` set (see `_Coupling` for the
     split and the context).
 
-    The raw network output `h` is bounded before use, so `exp(s)` can neither
-    overflow nor vanish:
+    The raw network output `h` is bounded before use, so `exp(s)` cannot
+    overflow:
     - `scale="tanh"`: s = B * tanh(h / B) with `B = scale_bound` (soft clamp,
       s = 0 at initialisation);
-    - `scale="sigmoid"`: exp(s) = sigmoid(h + 2) (Glow), in (0, 1);
+    - `scale="sigmoid"`: exp(s) = sigmoid(h + 2) (Glow), in (0, 1). Bounded
+      above only: the inverse multiplies by 1 / sigmoid(h + 2) = 1 + e^-(h+2),
+      unbounded when the conditioner meets inputs unlike its training data,
+      so that sampling can overflow (Behrmann et al. 2021);
+    - `scale="bounded_sigmoid"`: Glow's scale with a floor m = exp(-B),
+      B = `scale_bound`:
+          exp(s) = m + (1 - m) sigmoid(h + 2),  in (e^-B, 1),
+          s = log1p((e^B - 1) sigmoid(h + 2)) - B;  log-det sum(s).
+      The forward never expands (exp(s) < 1) and the inverse expands by at
+      most e^B: |x_b| <= e^B |z_b - t| for any latent. Where sigmoid(h + 2)
+      >> m it equals `"sigmoid"`, so Glow weights trained with that carry over;
     - `scale="learned_tanh"`: s = a * tanh(h) with `a` a learned per-channel
       scale (one per transformed channel), starting at 1 (RealNVP's choice).
 
@@ -219,8 +231,9 @@ class AffineCoupling(_Coupling):
             `mask="checkerboard"`, keep the pixels with `(i + j)` odd instead
             of even.
         context_shape: shape of the conditioning input, or None.
-        scale: "tanh", "sigmoid" or "learned_tanh", as above.
-        scale_bound: B for `scale="tanh"`.
+        scale: "tanh", "sigmoid", "bounded_sigmoid" or "learned_tanh", as
+            above.
+        scale_bound: B for `scale="tanh"` and `"bounded_sigmoid"`: |s| < B.
         hidden_channels: hidden channels of the image conditioner.
         mask: "channel" (split the last axis) or "checkerboard" (images only).
         num_blocks: None for Glow's `ConvNet` conditioner on images, or the
@@ -228,10 +241,13 @@ class AffineCoupling(_Coupling):
 
     Reference: Dinh, Sohl-Dickstein & Bengio 2017, arXiv:1605.08803 (RealNVP,
     checkerboard and channel masks); Kingma & Dhariwal 2018, arXiv:1807.03039
-    (Glow, convolutional conditioner).
+    (Glow, convolutional conditioner); Behrmann, Vicol, Wang, Grosse &
+    Jacobsen 2021, arXiv:2006.09347 (exploding inverses, bi-Lipschitz
+    couplings).
     """
 
     params_per_feature = 2
+    scales = ("tanh", "sigmoid", "bounded_sigmoid", "learned_tanh")
 
     def __init__(self, hidden_units=(64, 64), activation="relu", reverse=False,
                  context_shape=None, scale="tanh", scale_bound=3.0,
@@ -239,9 +255,10 @@ class AffineCoupling(_Coupling):
         super().__init__(hidden_units, activation, reverse, context_shape,
                          hidden_channels=hidden_channels, mask=mask,
                          num_blocks=num_blocks, **kwargs)
-        if scale not in ("tanh", "sigmoid", "learned_tanh"):
-            raise ValueError("`scale` must be 'tanh', 'sigmoid' or 'learned_tanh'; got "
-                             f"{scale!r}.")
+        if scale not in self.scales:
+            raise ValueError(f"`scale` must be one of {self.scales}; got {scale!r}.")
+        if not scale_bound > 0:
+            raise ValueError(f"`scale_bound` must be > 0; got {scale_bound}.")
         self.scale = scale
         self.scale_bound = float(scale_bound)
 
@@ -262,6 +279,11 @@ class AffineCoupling(_Coupling):
             log_scale = self.scale_bound * tanh(h / self.scale_bound)
         elif self.scale == "learned_tanh":
             log_scale = ops.cast(self.scale_factor, h.dtype) * tanh(h)
+        elif self.scale == "bounded_sigmoid":
+            # m + (1 - m) sigmoid = m (1 + (e^B - 1) sigmoid): one log1p, exact
+            # where sigmoid(h + 2) is tiny, and 0 where it is 1.
+            log_scale = ops.log1p(math.expm1(self.scale_bound)
+                                  * ops.sigmoid(h + 2.0)) - self.scale_bound
         else:
             log_scale = ops.log_sigmoid(h + 2.0)
         if where is not None:

@@ -13,12 +13,13 @@ class Glow(ImageFlow):
 
     step = coupling o permutation o ActNorm, where the permutation is a
     (LU) invertible 1x1 convolution, a channel reversal or a fixed shuffle,
-    and the coupling is affine (exp(s) = sigmoid(h + 2)) or additive with
-    Glow's conv conditioner (3x3, 1x1, zero-initialised 3x3). After each
-    level but the last, half the channels are factored out with a learned
-    prior conditioned on the rest; the top prior is learned, and
-    class-conditional when `num_classes` is given (Glow's y_cond). Pixels are
-    dequantized and scaled to [-0.5, 0.5) inside the model.
+    and the coupling is affine (exp(s) = sigmoid(h + 2), or with
+    `scale="bounded_sigmoid"` m + (1 - m) sigmoid(h + 2), m = e^-scale_bound)
+    or additive, with Glow's conv conditioner (3x3, 1x1, zero-initialised
+    3x3). After each level but the last, half the channels are factored out
+    with a learned prior conditioned on the rest; the top prior is learned,
+    and class-conditional when `num_classes` is given (Glow's y_cond).
+    Pixels are dequantized and scaled to [-0.5, 0.5) inside the model.
 
     The defaults are the paper's CIFAR-10 model (L=3, K=32, 512 channels,
     affine coupling, LU 1x1 convolutions: 3.35 bits/dim reported); smaller
@@ -30,6 +31,11 @@ class Glow(ImageFlow):
         steps_per_level: K.
         hidden_channels: width of the coupling networks.
         coupling: "affine" or "additive".
+        scale: the affine coupling's scale: "sigmoid" (Glow's; its inverse
+            is unbounded and can overflow when sampling) or
+            "bounded_sigmoid" (inverse expansion at most e^scale_bound per
+            coupling; see `AffineCoupling`).
+        scale_bound: B of "bounded_sigmoid".
         permutation: "conv" (1x1 convolution), "reverse" or "shuffle".
         lu: LU-decompose the 1x1 convolutions.
         n_bits: bits per pixel value modelled (5 for Glow's CelebA-HQ).
@@ -45,12 +51,17 @@ class Glow(ImageFlow):
 
     def __init__(self, image_shape, levels=3, steps_per_level=32, hidden_channels=512,
                  coupling="affine", permutation="conv", lu=True, n_bits=8,
-                 num_classes=None, seed=None, **kwargs):
+                 num_classes=None, seed=None, scale="sigmoid", scale_bound=3.0, **kwargs):
         if coupling not in ("affine", "additive"):
             raise ValueError(f"`coupling` must be 'affine' or 'additive'; got {coupling!r}.")
         if permutation not in ("conv", "reverse", "shuffle"):
             raise ValueError("`permutation` must be 'conv', 'reverse' or 'shuffle'; got "
                              f"{permutation!r}.")
+        if scale not in ("sigmoid", "bounded_sigmoid"):
+            raise ValueError("`scale` must be 'sigmoid' or 'bounded_sigmoid'; got "
+                             f"{scale!r}.")
+        self.scale = scale
+        self.scale_bound = float(scale_bound)
         self.steps_per_level = int(steps_per_level)
         self.hidden_channels = int(hidden_channels)
         self.coupling = coupling
@@ -80,7 +91,8 @@ class Glow(ImageFlow):
                 layers.append(RandomPermutation(seed=seed, dtype=dtype, name=f"shuffle_{name}"))
             if self.coupling == "affine":
                 layers.append(AffineCoupling(hidden_channels=self.hidden_channels,
-                                             scale="sigmoid", dtype=dtype,
+                                             scale=self.scale,
+                                             scale_bound=self.scale_bound, dtype=dtype,
                                              name=f"coupling_{name}"))
             else:
                 layers.append(AdditiveCoupling(hidden_channels=self.hidden_channels,
@@ -92,5 +104,6 @@ class Glow(ImageFlow):
         del config["preprocessing"], config["alpha"]
         config.update(steps_per_level=self.steps_per_level,
                       hidden_channels=self.hidden_channels, coupling=self.coupling,
-                      permutation=self.permutation, lu=self.lu)
+                      permutation=self.permutation, lu=self.lu, scale=self.scale,
+                      scale_bound=self.scale_bound)
         return config
