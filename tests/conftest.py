@@ -1,11 +1,14 @@
-"""Shared by every test file: JAX in float64 where asked, a local file server."""
+"""Shared by every test file: JAX in float64 where asked, a local file server, a
+small MNIST file for training runs."""
 
 import collections
 import http.server
 import os
+import pathlib
 import threading
 import urllib.parse
 
+import numpy as np
 import pytest
 
 if os.environ.get("KERAS_BACKEND") == "jax":
@@ -67,4 +70,15 @@ def cache(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     path = tmp_path / "cache"
     monkeypatch.setenv("KERAS_FLOWS_CACHE", str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A .npz of 128 MNIST training and 16 test images, for `keras_flows.train` runs."""
+    mnist = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist.npz"
+    path = tmp_path_factory.mktemp("data") / "mnist_128.npz"
+    with np.load(mnist) as f:
+        np.savez(path, x_train=f["x_train"][:128], y_train=f["y_train"][:128],
+                 x_test=f["x_test"][:16], y_test=f["y_test"][:16])
     return path

@@ -21,7 +21,6 @@ import pytest
 from keras_flows import train
 from keras_flows.callbacks import Checkpoint
 
-MNIST = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist.npz"
 CONFIG = pathlib.Path(__file__).with_name("train_tiny.json")
 STEPS = 8
 
@@ -46,15 +45,6 @@ np.savez = savez_then_die
 from keras_flows import train
 train.main(sys.argv[1:])
 """
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "mnist_128.npz"
-    with np.load(MNIST) as f:
-        np.savez(path, x_train=f["x_train"][:128], y_train=f["y_train"][:128],
-                 x_test=f["x_test"][:16], y_test=f["y_test"][:16])
-    return path
 
 
 @pytest.fixture(scope="module")

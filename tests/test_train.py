@@ -17,17 +17,7 @@ import keras_flows as kf
 from keras_flows import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MNIST = ROOT.parent / "shared" / "datasets" / "mnist.npz"
 CONFIG = pathlib.Path(__file__).with_name("train_tiny.json")   # 4 steps per epoch
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "mnist_128.npz"
-    with np.load(MNIST) as f:
-        np.savez(path, x_train=f["x_train"][:128], y_train=f["y_train"][:128],
-                 x_test=f["x_test"][:16], y_test=f["y_test"][:16])
-    return path
 
 
 def test_train_writes_results_and_resumes(tmp_path, data):
