@@ -10,6 +10,9 @@ if [ ! -f "$stamp" ]; then
   # torch first, alone and pinned: the CPU wheel.
   .venv/bin/python -m pip install -q -c scripts/constraints.txt torch==2.13.0
   .venv/bin/python -m pip install -q -c scripts/constraints.txt -e ".[all,test]"
+  # TensorFlow Probability on TensorFlow needs tf-keras, whose own requirement
+  # (the full `tensorflow` wheel) would overwrite tensorflow-cpu's files.
+  .venv/bin/python -m pip install -q --no-deps -c scripts/constraints.txt tf-keras
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"

@@ -47,6 +47,35 @@ CASES = {
     "AffineCoupling[bounded_sigmoid]": (
         lambda d: kb.AffineCoupling((8,), scale="bounded_sigmoid", scale_bound=2.0,
                                     dtype=d), (4,), None, _normal, _normal),
+    # The general structures with every transformer (keras_flows.transformers).
+    "Coupling[spline]": (
+        lambda d: kb.Coupling(kf.transformers.RationalQuadraticSpline(bins=4, bound=2.0,
+                                                                      dtype=d),
+                              kf.layers.MLP(hidden_units=(8,), dtype=d), dtype=d),
+        (3,), None, _normal, _normal),
+    "Coupling[spline,checkerboard,context]": (
+        lambda d: kb.Coupling(kf.transformers.RationalQuadraticSpline(bins=3, bound=1.5,
+                                                                      dtype=d),
+                              kf.layers.ConvNet(hidden_channels=4, dtype=d),
+                              mask="checkerboard", context_shape=(2,), dtype=d),
+        (2, 2, 2), (2,), _normal, _normal),
+    "MaskedAutoregressive": (
+        lambda d: kb.MaskedAutoregressive(kf.transformers.Affine(dtype=d),
+                                          kf.layers.MADE(hidden_units=(8, 8), dtype=d),
+                                          dtype=d),
+        (4,), None, _normal, _normal),
+    "MaskedAutoregressive[spline,context,random]": (
+        lambda d: kb.MaskedAutoregressive(
+            kf.transformers.RationalQuadraticSpline(bins=4, bound=2.0, dtype=d),
+            kf.layers.MADE(hidden_units=(8,), order="random", seed=1, context_dim=2,
+                           dtype=d),
+            context_shape=(2,), dtype=d),
+        (3,), (2,), _normal, _normal),
+    "Invert[iaf]": (
+        lambda d: kb.Invert(kb.MaskedAutoregressive(
+            kf.transformers.Affine(dtype=d), kf.layers.MADE(hidden_units=(8,), dtype=d),
+            dtype=d), dtype=d),
+        (3,), None, _normal, _normal),
     "ElementwiseAffine": (lambda d: kb.ElementwiseAffine(dtype=d), (3,), None,
                           _normal, _normal),
     "Sigmoid": (lambda d: kb.Sigmoid(dtype=d), (3,), None, _normal, _uniform(0.05, 0.95)),
@@ -258,8 +287,8 @@ def test_a_new_resnet_coupling_is_the_identity(mask):
         z, log_det = coupling.forward(x, training=training)
         np.testing.assert_array_equal(numpy(z), x)
         np.testing.assert_array_equal(numpy(log_det), np.zeros(4))
-    assert isinstance(coupling.network, kf.layers.ResNet)
-    assert len(coupling.network.blocks) == 2
+    assert isinstance(coupling.conditioner, kf.layers.ResNet)
+    assert len(coupling.conditioner.blocks) == 2
 
 
 def test_resnet_config_round_trip_and_batch_statistics():
@@ -285,7 +314,7 @@ def test_coupling_conditioner_choice_is_saved():
     x = np.zeros((1, 4, 4, 2), "float32")
     glow.forward(x)
     kb.AffineCoupling.from_config(config).forward(x)
-    assert isinstance(glow.network, kf.layers.ConvNet)
+    assert isinstance(glow.conditioner, kf.layers.ConvNet)
     # Configs saved before `num_blocks` existed still load, with a ConvNet.
     old = dict(glow.get_config())
     del old["num_blocks"]

@@ -28,9 +28,9 @@ def constant_coupling(scale, h, t):
     everywhere, whatever its input (zero kernels, bias [h, t, h, t])."""
     coupling = kb.AffineCoupling((8,), scale=scale, scale_bound=B)
     coupling.forward(np.zeros((1, 4), "float32"))
-    for w in coupling.network.weights:
+    for w in coupling.conditioner.weights:
         w.assign(np.zeros(w.shape, "float32"))
-    coupling.network.out.bias.assign(np.array([h, t, h, t], "float32"))
+    coupling.conditioner.out.bias.assign(np.array([h, t, h, t], "float32"))
     return coupling
 
 

@@ -1,9 +1,10 @@
 """Every invertible transform in keras_flows, one family per module."""
 
+from keras_flows.bijectors.autoregressive import MaskedAutoregressive
 from keras_flows.bijectors.base import Bijector
 from keras_flows.bijectors.composition import Chain, Invert
 from keras_flows.bijectors.conv import InvertibleConv1x1
-from keras_flows.bijectors.coupling import AdditiveCoupling, AffineCoupling
+from keras_flows.bijectors.coupling import AdditiveCoupling, AffineCoupling, Coupling
 from keras_flows.bijectors.elementwise import ElementwiseAffine, Sigmoid, Tanh
 from keras_flows.bijectors.linear import LULinear
 from keras_flows.bijectors.normalization import ActNorm, BatchNorm
@@ -15,7 +16,7 @@ from keras_flows.bijectors.reshape import Squeeze
 
 __all__ = [
     "Bijector", "Chain", "Invert",
-    "AdditiveCoupling", "AffineCoupling",
+    "Coupling", "AdditiveCoupling", "AffineCoupling", "MaskedAutoregressive",
     "ElementwiseAffine", "Sigmoid", "Tanh",
     "LULinear", "InvertibleConv1x1",
     "ActNorm", "BatchNorm",

@@ -1,6 +1,4 @@
-"""Coupling layers (NICE, RealNVP, Glow): half the input conditions the other half."""
-
-import math
+"""Coupling layers: half the input conditions an elementwise map of the other half."""
 
 import numpy as np
 import keras
@@ -8,167 +6,232 @@ from keras import ops
 
 from keras_flows.bijectors.base import Bijector, sum_except_batch
 from keras_flows.layers.conditioners import MLP, ConvNet, ResNet
-from keras_flows.utils.math import tanh
+from keras_flows.transformers import Additive, Affine, Transformer
 
 
-class _Coupling(Bijector):
-    """Splits the input into a kept part `x_a` and a transformed part `x_b`.
+def set_output_size(conditioner, size):
+    """Sizes a conditioner's output for `size` values, or checks its size."""
+    attribute = "output_dim" if hasattr(conditioner, "output_dim") else "output_channels"
+    current = getattr(conditioner, attribute, None)
+    if current is None:
+        setattr(conditioner, attribute, size)
+    elif current != size:
+        raise ValueError(
+            f"The conditioner {conditioner.name!r} has {attribute}={current}, but its "
+            f"transformer needs {size} parameters here; leave {attribute} unset "
+            "(None) so the structure sizes it."
+        )
 
-    Vectors `(B, D)`: the last axis is split; with `reverse=False`, `x_a` is
-    the first `D // 2` features, with `reverse=True` the rest, so alternating
-    layers transform both halves. The conditioner is an `MLP` that sees `x_a`
-    concatenated with `context`.
 
-    Images `(B, H, W, C)`: the conditioner is a `ConvNet` (Glow's) when
-    `num_blocks` is None, else a `ResNet` with `num_blocks` residual blocks
-    (RealNVP's), and `mask` chooses the split:
-    - `"channel"`: the channel axis is split as the last axis of a vector;
-    - `"checkerboard"` (RealNVP): with the binary mask
-      `m[i, j] = 1 if (i + j) % 2 == reverse`, the kept set is where `m = 1`:
-      the conditioner sees `x * m` (every channel) and the transform acts
-      only where `1 - m`, its log-det summed over those positions.
-    A vector context `(B, K)` is broadcast over `H, W`; an image context
-    `(B, H, W, K)` is used as is; either is concatenated on the channels.
+@keras.saving.register_keras_serializable(package="keras_flows")
+class Coupling(Bijector):
+    """Coupling: a kept part of the input parameterises an elementwise map
+    of the rest.
+
+    Forward:  z_a = x_a;  z_b = T(x_b; theta),  theta = NN(x_a, c)
+    Inverse:  x_a = z_a;  x_b = T^-1(z_b; theta), theta = NN(z_a, c)
+    Log-det:  forward sum log|dT/dx_b|; inverse the negative.
+
+    `T` is a `Transformer` (additive, affine, spline) and `NN` the
+    conditioner, a network emitting `T.params_per_feature` values per
+    transformed element.
+
+    - `mask="channel"`: the last axis is split; with `reverse=False`, `x_a`
+      is the first `D // 2` features, with `reverse=True` the rest, so
+      alternating layers transform both halves. Vectors `(B, D)` or images
+      `(B, H, W, C)`.
+    - `mask="checkerboard"` (RealNVP's images): with the binary mask
+      m[i, j] = 1 if (i + j) % 2 == reverse, the conditioner sees `x * m`
+      (every channel) and T acts only where `m = 0`:
+      z = m x + (1 - m) T(x; NN(x m, c)), log-det summed where m = 0.
+
+    The context `c` is concatenated to the conditioner's input on the last
+    axis; on images a vector context `(B, K)` is broadcast over H and W, an
+    image context `(B, H, W, K)` is used as is.
+
+    Args:
+        transformer: the `Transformer`.
+        conditioner: a layer mapping `(..., features)` to `(..., n)`, whose
+            output size (`output_dim`, or `output_channels` for conv nets) is
+            left None for the coupling to set. By default an `MLP` (vectors)
+            or a `ConvNet` (images) of default sizes.
+        mask: "channel" or "checkerboard".
+        reverse: which half (or which checkerboard colour) is kept.
+        context_shape: shape of one context row, or None.
+
+    Example:
+        >>> Coupling(RationalQuadraticSpline(bins=8, bound=5.0),
+        ...          conditioner=MLP(hidden_units=[64, 64]))
+
+    Reference: Dinh, Krueger & Bengio 2015, arXiv:1410.8516; Dinh,
+    Sohl-Dickstein & Bengio 2017, arXiv:1605.08803; Durkan, Bekasov, Murray
+    & Papamakarios 2019, arXiv:1906.04545.
     """
 
-    params_per_feature = 1
-
-    def __init__(self, hidden_units=(64, 64), activation="relu", reverse=False,
-                 context_shape=None, hidden_channels=512, mask="channel", num_blocks=None,
-                 **kwargs):
+    def __init__(self, transformer, conditioner=None, mask="channel", reverse=False,
+                 context_shape=None, **kwargs):
         super().__init__(**kwargs)
-        self.num_blocks = None if num_blocks is None else int(num_blocks)
-        self.hidden_units = tuple(int(u) for u in hidden_units)
-        self.activation = activation
-        self.reverse = bool(reverse)
-        self.context_shape = None if context_shape is None else tuple(context_shape)
-        self.hidden_channels = int(hidden_channels)
+        if not isinstance(transformer, Transformer):
+            raise TypeError("`transformer` must be a keras_flows.transformers.Transformer; "
+                            f"got {transformer!r}.")
+        if conditioner is not None and not isinstance(conditioner, keras.layers.Layer):
+            raise TypeError(f"`conditioner` must be a Keras layer or None; got {conditioner!r}.")
         if mask not in ("channel", "checkerboard"):
             raise ValueError(f"`mask` must be 'channel' or 'checkerboard'; got {mask!r}.")
+        for part in (transformer, conditioner):
+            if part is not None and part.dtype_policy.name != self.dtype_policy.name:
+                raise ValueError(
+                    f"{part.name!r} computes in {part.dtype_policy.name} but the coupling "
+                    f"in {self.dtype_policy.name}: pass the same `dtype` to both.")
+        self.transformer = transformer
+        self.conditioner = conditioner
         self.mask = mask
+        self.reverse = bool(reverse)
+        self.context_shape = None if context_shape is None else tuple(context_shape)
+
+    def default_conditioner(self, image):
+        """The conditioner used when none is given."""
+        if image:
+            return ConvNet(dtype=self.dtype_policy, name="conditioner")
+        return MLP(dtype=self.dtype_policy, name="conditioner")
 
     def build(self, input_shape):
         image = len(input_shape) == 4
-        if self.mask == "checkerboard" and not image:
-            raise ValueError(
-                f"{type(self).__name__} with mask='checkerboard' acts on images: "
-                f"expected input shape (batch, H, W, C); got {tuple(input_shape)}."
-            )
+        name = type(self).__name__
         features = input_shape[-1]
         if self.mask == "checkerboard":
-            height, width = input_shape[1:3]
-            if features is None or height is None or width is None:
+            if not image or None in tuple(input_shape[1:]):
                 raise ValueError(
-                    f"{type(self).__name__} with mask='checkerboard' needs known "
-                    f"H, W and C; got input shape {tuple(input_shape)}."
-                )
-            rows, cols = np.indices((height, width))
+                    f"{name} with mask='checkerboard' acts on images of known size: "
+                    f"expected input shape (batch, H, W, C); got {tuple(input_shape)}.")
+            rows, cols = np.indices(input_shape[1:3])
             kept = ((rows + cols) % 2 == int(self.reverse)).astype("float32")
-            self._checkerboard = kept[None, :, :, None]
+            self._kept = kept[None, :, :, None]
             size_a = size_b = features
         else:
             if features is None or features < 2:
                 raise ValueError(
-                    f"{type(self).__name__} needs at least 2 features on the last "
-                    f"axis to split; got input shape {tuple(input_shape)}."
-                )
-            half = features // 2
-            self._sizes = (features - half, half) if self.reverse else (half, features - half)
-            size_a, size_b = half, features - half
+                    f"{name} needs at least 2 features on the last axis to split; got "
+                    f"input shape {tuple(input_shape)}.")
+            size_a = features // 2
+            size_b = features - size_a
+            self._first = size_b if self.reverse else size_a
+        if image and self.context_shape is not None and (
+                len(self.context_shape) not in (1, 3) or (
+                    len(self.context_shape) == 3
+                    and tuple(self.context_shape[:2]) != tuple(input_shape[1:3]))):
+            raise ValueError(
+                f"{name} on images takes a vector context (K,) or an image context "
+                f"(H, W, K) of the input's H, W; got context_shape={self.context_shape} "
+                f"for input shape {tuple(input_shape)}.")
+        if self.conditioner is None:
+            self.conditioner = self.default_conditioner(image)
+        set_output_size(self.conditioner, size_b * self.transformer.params_per_feature)
         context_size = 0 if self.context_shape is None else self.context_shape[-1]
-        if image:
-            if self.context_shape is not None and (
-                    len(self.context_shape) not in (1, 3) or (
-                        len(self.context_shape) == 3
-                        and tuple(self.context_shape[:2]) != tuple(input_shape[1:3]))):
-                raise ValueError(
-                    f"{type(self).__name__} on images takes a vector context "
-                    "(K,) or an image context (H, W, K) of the input's H, W; got "
-                    f"context_shape={self.context_shape} for input shape "
-                    f"{tuple(input_shape)}."
-                )
-            if self.num_blocks is None:
-                self.network = ConvNet(size_b * self.params_per_feature,
-                                       self.hidden_channels, dtype=self.dtype_policy,
-                                       name="network")
-            else:
-                self.network = ResNet(size_b * self.params_per_feature,
-                                      self.hidden_channels, self.num_blocks,
-                                      dtype=self.dtype_policy, name="network")
-        else:
-            self.network = MLP(size_b * self.params_per_feature, self.hidden_units,
-                               self.activation, dtype=self.dtype_policy, name="network")
-        self.network.build((*input_shape[:-1], size_a + context_size))
+        self.conditioner.build((*input_shape[:-1], size_a + context_size))
+        self.transformer.build((*input_shape[:-1], size_b))
+        self.transformer.built = True
 
     def _split(self, x):
-        first, second = x[..., : self._sizes[0]], x[..., self._sizes[0]:]
+        first, second = x[..., : self._first], x[..., self._first:]
         return (second, first) if self.reverse else (first, second)
 
     def _merge(self, a, b):
         return ops.concatenate([b, a] if self.reverse else [a, b], axis=-1)
 
-    def _params(self, a, context, training=False):
-        if context is None:
-            h = a
-        elif len(a.shape) == 4 and len(context.shape) == 2:
-            # (B, K) -> (B, H, W, K): repeat the vector at every pixel.
-            h = ops.concatenate(
-                [a, ops.ones_like(a[..., :1]) * context[:, None, None, :]], axis=-1)
-        else:
+    def _params(self, a, b, context, training):
+        """The transformer's parameters for `b`, shape `b.shape + (P,)`."""
+        h = a
+        if context is not None:
+            if len(a.shape) == 4 and len(context.shape) == 2:
+                # (B, K) -> (B, H, W, K): repeat the vector at every pixel.
+                context = ops.ones_like(a[..., :1]) * context[:, None, None, :]
             h = ops.concatenate([a, context], axis=-1)
-        return self.network(h, training=training)
+        out = self.conditioner(h, training=training)
+        return ops.reshape(out, (-1, *b.shape[1:], self.transformer.params_per_feature))
+
+    def _apply(self, x, context, training, inverse):
+        step = self.transformer.inverse if inverse else self.transformer.forward
+        if self.mask == "checkerboard":
+            kept = ops.convert_to_tensor(self._kept, dtype=x.dtype)
+            y, log_det = step(x, self._params(x * kept, x, context, training))
+            keep = ops.broadcast_to(kept > 0.5, ops.shape(x))
+            return (ops.where(keep, x, y),
+                    sum_except_batch(ops.where(keep, ops.zeros_like(log_det), log_det)))
+        a, b = self._split(x)
+        b, log_det = step(b, self._params(a, b, context, training))
+        return self._merge(a, b), sum_except_batch(log_det)
 
     def _forward(self, x, context=None, training=False):
-        if self.mask == "checkerboard":
-            kept = ops.convert_to_tensor(self._checkerboard, dtype=x.dtype)
-            return self._transform(x, self._params(x * kept, context, training),
-                                   1.0 - kept)
-        a, b = self._split(x)
-        b, log_det = self._transform(b, self._params(a, context, training))
-        return self._merge(a, b), log_det
+        return self._apply(x, context, training, inverse=False)
 
     def _inverse(self, z, context=None, training=False):
-        if self.mask == "checkerboard":
-            kept = ops.convert_to_tensor(self._checkerboard, dtype=z.dtype)
-            return self._untransform(z, self._params(z * kept, context, training),
-                                     1.0 - kept)
-        a, b = self._split(z)
-        b, log_det = self._untransform(b, self._params(a, context, training))
-        return self._merge(a, b), log_det
+        return self._apply(z, context, training, inverse=True)
 
     def get_config(self):
         config = super().get_config()
         config.update(
-            hidden_units=list(self.hidden_units), activation=self.activation,
-            reverse=self.reverse,
-            context_shape=None if self.context_shape is None else list(self.context_shape),
-            hidden_channels=self.hidden_channels, mask=self.mask,
-            num_blocks=self.num_blocks,
-        )
+            transformer=keras.saving.serialize_keras_object(self.transformer),
+            conditioner=(None if self.conditioner is None
+                         else keras.saving.serialize_keras_object(self.conditioner)),
+            mask=self.mask, reverse=self.reverse,
+            context_shape=None if self.context_shape is None else list(self.context_shape))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("transformer", "conditioner"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+class _NamedCoupling(Coupling):
+    """A `Coupling` whose conditioner is sized by arguments: an `MLP` with
+    `hidden_units` on vectors; on images a `ConvNet` with `hidden_channels`,
+    or a `ResNet` with `num_blocks` residual blocks when that is set."""
+
+    def __init__(self, transformer, hidden_units, activation, reverse, context_shape,
+                 hidden_channels, mask, num_blocks, **kwargs):
+        super().__init__(transformer, None, mask=mask, reverse=reverse,
+                         context_shape=context_shape, **kwargs)
+        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.activation = activation
+        self.hidden_channels = int(hidden_channels)
+        self.num_blocks = None if num_blocks is None else int(num_blocks)
+
+    def default_conditioner(self, image):
+        dtype = self.dtype_policy
+        if not image:
+            return MLP(None, self.hidden_units, self.activation, dtype=dtype,
+                       name="conditioner")
+        if self.num_blocks is None:
+            return ConvNet(None, self.hidden_channels, dtype=dtype, name="conditioner")
+        return ResNet(None, self.hidden_channels, self.num_blocks, dtype=dtype,
+                      name="conditioner")
+
+    def get_config(self):
+        config = super().get_config()
+        del config["transformer"], config["conditioner"]
+        config.update(hidden_units=list(self.hidden_units), activation=self.activation,
+                      hidden_channels=self.hidden_channels, num_blocks=self.num_blocks)
         return config
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
-class AdditiveCoupling(_Coupling):
-    """Additive coupling (NICE).
+class AdditiveCoupling(_NamedCoupling):
+    """Additive coupling (NICE): `Coupling(Additive(), ...)`.
 
     Forward:  z_a = x_a;  z_b = x_b + t(x_a, c)
     Inverse:  x_b = z_b - t(z_a, c)
     Log-det:  0 in both directions (volume preserving).
 
-    With `mask="checkerboard"` on images (kept mask `m`):
-    z = x + (1 - m) * t(x * m, c), and x = z - (1 - m) * t(z * m, c).
-
-    Vectors `(B, D)` use an `MLP` conditioner, images `(B, H, W, C)` a
-    `ConvNet`, or a `ResNet` with `num_blocks` set (see `_Coupling` for the
-    split and the context).
-
     Args:
         hidden_units: hidden sizes of the MLP conditioner `t` (vectors).
         activation: its activation.
         reverse: transform the first half instead of the second; with
-            `mask="checkerboard"`, keep the pixels with `(i + j)` odd instead
-            of even.
+            `mask="checkerboard"`, keep the pixels with `(i + j)` odd.
         context_shape: shape of the conditioning input, or None.
         hidden_channels: hidden channels of the image conditioner.
         mask: "channel" (split the last axis) or "checkerboard" (images only).
@@ -178,62 +241,38 @@ class AdditiveCoupling(_Coupling):
     Reference: Dinh, Krueger & Bengio 2015, arXiv:1410.8516.
     """
 
-    def _transform(self, b, t, where=None):
-        if where is not None:
-            t = t * where
-        return b + t, ops.zeros((ops.shape(b)[0],), dtype=b.dtype)
-
-    def _untransform(self, b, t, where=None):
-        if where is not None:
-            t = t * where
-        return b - t, ops.zeros((ops.shape(b)[0],), dtype=b.dtype)
+    def __init__(self, hidden_units=(64, 64), activation="relu", reverse=False,
+                 context_shape=None, hidden_channels=512, mask="channel", num_blocks=None,
+                 **kwargs):
+        super().__init__(Additive(dtype=kwargs.get("dtype"), name="transformer"),
+                         hidden_units, activation, reverse, context_shape,
+                         hidden_channels, mask, num_blocks, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
-class AffineCoupling(_Coupling):
-    """Affine coupling (RealNVP).
+class AffineCoupling(_NamedCoupling):
+    """Affine coupling (RealNVP, Glow): `Coupling(Affine(scale), ...)`.
 
     Forward:  z_a = x_a;  z_b = x_b * exp(s(x_a, c)) + t(x_a, c)
     Inverse:  x_b = (z_b - t(z_a, c)) * exp(-s(z_a, c))
     Log-det:  forward sum(s(x_a, c)); inverse the negative.
 
-    With `mask="checkerboard"` on images (kept mask `m`), s and t are
-    computed from `x * m` and multiplied by `1 - m`:
-    z = x * exp((1 - m) s) + (1 - m) t, log-det sum((1 - m) s).
-
-    Vectors `(B, D)` use an `MLP` conditioner, images `(B, H, W, C)` a
-    `ConvNet`, or a `ResNet` with `num_blocks` set (see `_Coupling` for the
-    split and the context).
-
-    The raw network output `h` is bounded before use, so `exp(s)` cannot
-    overflow:
-    - `scale="tanh"`: s = B * tanh(h / B) with `B = scale_bound` (soft clamp,
-      s = 0 at initialisation);
-    - `scale="sigmoid"`: exp(s) = sigmoid(h + 2) (Glow), in (0, 1). Bounded
-      above only: the inverse multiplies by 1 / sigmoid(h + 2) = 1 + e^-(h+2),
-      unbounded when the conditioner meets inputs unlike its training data,
-      so that sampling can overflow (Behrmann et al. 2021);
-    - `scale="bounded_sigmoid"`: Glow's scale with a floor m = exp(-B),
-      B = `scale_bound`:
-          exp(s) = m + (1 - m) sigmoid(h + 2),  in (e^-B, 1),
-          s = log1p((e^B - 1) sigmoid(h + 2)) - B;  log-det sum(s).
-      The forward never expands (exp(s) < 1) and the inverse expands by at
-      most e^B: |x_b| <= e^B |z_b - t| for any latent. Where sigmoid(h + 2)
-      >> m it equals `"sigmoid"`, so Glow weights trained with that carry over;
-    - `scale="learned_tanh"`: s = a * tanh(h) with `a` a learned per-channel
-      scale (one per transformed channel), starting at 1 (RealNVP's choice).
+    s is a bounded function of the network's raw output (`scale`, see
+    `keras_flows.transformers.Affine`): "tanh" (B tanh(h / B)), "sigmoid"
+    (Glow's exp(s) = sigmoid(h + 2), whose inverse is unbounded and can
+    overflow when sampling), "bounded_sigmoid" (Glow's with a floor e^-B:
+    the inverse expands by at most e^B) or "learned_tanh" (a_c tanh(h),
+    RealNVP's images).
 
     Args:
         hidden_units: hidden sizes of the MLP conditioner giving (s, t)
             (vectors).
         activation: its activation.
         reverse: transform the first half instead of the second; with
-            `mask="checkerboard"`, keep the pixels with `(i + j)` odd instead
-            of even.
+            `mask="checkerboard"`, keep the pixels with `(i + j)` odd.
         context_shape: shape of the conditioning input, or None.
-        scale: "tanh", "sigmoid", "bounded_sigmoid" or "learned_tanh", as
-            above.
-        scale_bound: B for `scale="tanh"` and `"bounded_sigmoid"`: |s| < B.
+        scale: "tanh", "sigmoid", "bounded_sigmoid" or "learned_tanh".
+        scale_bound: B for "tanh" and "bounded_sigmoid": |s| < B.
         hidden_channels: hidden channels of the image conditioner.
         mask: "channel" (split the last axis) or "checkerboard" (images only).
         num_blocks: None for Glow's `ConvNet` conditioner on images, or the
@@ -242,62 +281,22 @@ class AffineCoupling(_Coupling):
     Reference: Dinh, Sohl-Dickstein & Bengio 2017, arXiv:1605.08803 (RealNVP,
     checkerboard and channel masks); Kingma & Dhariwal 2018, arXiv:1807.03039
     (Glow, convolutional conditioner); Behrmann, Vicol, Wang, Grosse &
-    Jacobsen 2021, arXiv:2006.09347 (exploding inverses, bi-Lipschitz
-    couplings).
+    Jacobsen 2021, arXiv:2006.09347 (exploding inverses).
     """
 
-    params_per_feature = 2
     scales = ("tanh", "sigmoid", "bounded_sigmoid", "learned_tanh")
 
     def __init__(self, hidden_units=(64, 64), activation="relu", reverse=False,
                  context_shape=None, scale="tanh", scale_bound=3.0,
                  hidden_channels=512, mask="channel", num_blocks=None, **kwargs):
-        super().__init__(hidden_units, activation, reverse, context_shape,
-                         hidden_channels=hidden_channels, mask=mask,
-                         num_blocks=num_blocks, **kwargs)
         if scale not in self.scales:
             raise ValueError(f"`scale` must be one of {self.scales}; got {scale!r}.")
-        if not scale_bound > 0:
-            raise ValueError(f"`scale_bound` must be > 0; got {scale_bound}.")
+        super().__init__(Affine(scale, scale_bound, dtype=kwargs.get("dtype"),
+                                name="transformer"),
+                         hidden_units, activation, reverse, context_shape,
+                         hidden_channels, mask, num_blocks, **kwargs)
         self.scale = scale
         self.scale_bound = float(scale_bound)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        if self.scale == "learned_tanh":
-            # One factor per transformed channel: all C under a checkerboard
-            # mask, else the C - C // 2 channels of x_b.
-            channels = input_shape[-1]
-            if self.mask != "checkerboard":
-                channels -= channels // 2
-            self.scale_factor = self.add_weight(name="scale_factor", shape=(channels,),
-                                                initializer="ones")
-
-    def _log_scale_and_shift(self, params, where=None):
-        h, shift = params[..., 0::2], params[..., 1::2]
-        if self.scale == "tanh":
-            log_scale = self.scale_bound * tanh(h / self.scale_bound)
-        elif self.scale == "learned_tanh":
-            log_scale = ops.cast(self.scale_factor, h.dtype) * tanh(h)
-        elif self.scale == "bounded_sigmoid":
-            # m + (1 - m) sigmoid = m (1 + (e^B - 1) sigmoid): one log1p, exact
-            # where sigmoid(h + 2) is tiny, and 0 where it is 1.
-            log_scale = ops.log1p(math.expm1(self.scale_bound)
-                                  * ops.sigmoid(h + 2.0)) - self.scale_bound
-        else:
-            log_scale = ops.log_sigmoid(h + 2.0)
-        if where is not None:
-            # Masked-out entries get s = t = 0: the identity, log-det 0.
-            log_scale, shift = log_scale * where, shift * where
-        return log_scale, shift
-
-    def _transform(self, b, params, where=None):
-        log_scale, shift = self._log_scale_and_shift(params, where)
-        return b * ops.exp(log_scale) + shift, sum_except_batch(log_scale)
-
-    def _untransform(self, b, params, where=None):
-        log_scale, shift = self._log_scale_and_shift(params, where)
-        return (b - shift) * ops.exp(-log_scale), -sum_except_batch(log_scale)
 
     def get_config(self):
         config = super().get_config()

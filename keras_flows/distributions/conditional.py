@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_flows.bijectors.base import sum_except_batch
 from keras_flows.distributions.base import normal_log_prob
+from keras_flows.utils.math import tanh
 
 
 class _GaussianPrior(keras.layers.Layer):
@@ -24,16 +25,26 @@ class _GaussianPrior(keras.layers.Layer):
 class SplitPrior(_GaussianPrior):
     """Glow's prior for a factored-out half `z` given the kept half `h`.
 
-    p(z | h) = N(z; mu(h), diag(exp(log_sigma(h))^2)),
-    [mu, log_sigma] = Conv3x3(h), zero-initialised (so it starts at N(0, I)).
+    p(z | h) = N(z; mu(h), diag(sigma(h)^2)),  [mu, a] = Conv3x3(h),
+    log sigma = a, or with `scale_bound` B: log sigma = B tanh(a / B),
+
+    the conv zero-initialised (so it starts at N(0, I)). Sampling draws
+    z = mu(h) + sigma(h) T eps given the level above's `h`; when `h` is
+    unlike the training data, an unbounded log sigma = a grows linearly with
+    it and exp(a) overflows, so a bounded B caps the spread at e^B. Where
+    |a| << B the two agree (tanh(u) = u - u^3 / 3 + ...).
 
     Args:
         channels: channels of `z`, and of `h`.
+        scale_bound: B > 0, or None for the unbounded log sigma = a.
     """
 
-    def __init__(self, channels, **kwargs):
+    def __init__(self, channels, scale_bound=None, **kwargs):
         super().__init__(**kwargs)
         self.channels = int(channels)
+        if scale_bound is not None and not scale_bound > 0:
+            raise ValueError(f"`scale_bound` must be > 0 or None; got {scale_bound}.")
+        self.scale_bound = None if scale_bound is None else float(scale_bound)
         self.conv = keras.layers.Conv2D(2 * self.channels, 3, padding="same",
                                         kernel_initializer="zeros", dtype=self.dtype_policy,
                                         name="conv")
@@ -42,11 +53,14 @@ class SplitPrior(_GaussianPrior):
 
     def _params(self, z, h):
         out = self.conv(h)
-        return out[..., 0::2], out[..., 1::2]
+        loc, log_scale = out[..., 0::2], out[..., 1::2]
+        if self.scale_bound is not None:
+            log_scale = self.scale_bound * tanh(log_scale / self.scale_bound)
+        return loc, log_scale
 
     def get_config(self):
         config = super().get_config()
-        config["channels"] = self.channels
+        config.update(channels=self.channels, scale_bound=self.scale_bound)
         return config
 
 

@@ -1,3 +1,5 @@
 from keras_flows.layers.conditioners import MLP, ConvNet, ResNet
+from keras_flows.layers.dense import Dense, MaskedDense
+from keras_flows.layers.made import MADE
 
-__all__ = ["MLP", "ConvNet", "ResNet"]
+__all__ = ["MLP", "ConvNet", "ResNet", "Dense", "MaskedDense", "MADE"]

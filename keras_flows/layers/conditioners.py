@@ -2,14 +2,37 @@
 
 import keras
 
+from keras_flows.layers.dense import Dense
+
+
+def _output_size(layer, attr):
+    """`layer.<attr>` as an int, or a clear error when it was never set."""
+    size = getattr(layer, attr)
+    if size is None:
+        name = type(layer).__name__
+        raise ValueError(
+            f"{name}.{attr} is None at build time: pass `{attr}=` to {name}(...), or "
+            f"set `{name.lower()}.{attr} = n` before building (the structure that "
+            "uses the network knows n)."
+        )
+    size = int(size)
+    if size < 1:
+        raise ValueError(f"{type(layer).__name__}.{attr} must be >= 1; got {size}.")
+    setattr(layer, attr, size)  # a plain int in get_config, whatever was set
+    return size
+
 
 class _Stack(keras.layers.Layer):
-    """`self.hidden` layers in order, then `self.out`."""
+    """`self.hidden` layers in order, then `self.out`, which `build` makes
+    with `_make_out()` once the output size is known."""
 
     def build(self, input_shape):
+        if self.built:  # e.g. built from its saved build config, then by its structure
+            return
         for layer in self.hidden:
             layer.build(input_shape)
             input_shape = layer.compute_output_shape(input_shape)
+        self.out = self._make_out()
         self.out.build(input_shape)
 
     def call(self, x):
@@ -27,29 +50,35 @@ class MLP(_Stack):
     The zero output at initialisation makes every coupling that uses it start
     as the identity (Glow's trick), so a new flow is exactly its base.
 
+    The layers are `keras_flows.layers.Dense`, which compute in the layer's
+    dtype (float64 included) on every backend and hold the same variables as
+    `keras.layers.Dense` (so older weight files load).
+
     Args:
-        output_dim: size of the output.
+        output_dim: size of the output, or None to let the structure that uses
+            the network set `mlp.output_dim = n` before building it (building
+            with it still None raises a ValueError).
         hidden_units: sizes of the hidden layers.
         activation: activation of the hidden layers.
     """
 
-    def __init__(self, output_dim, hidden_units=(64, 64), activation="relu", **kwargs):
+    def __init__(self, output_dim=None, hidden_units=(64, 64), activation="relu",
+                 **kwargs):
         super().__init__(**kwargs)
-        self.output_dim = int(output_dim)
+        self.output_dim = None if output_dim is None else int(output_dim)
         self.hidden_units = tuple(int(u) for u in hidden_units)
         self.activation = activation
         self.hidden = [
-            keras.layers.Dense(u, activation=activation, dtype=self.dtype_policy,
-                               name=f"dense_{i}")
+            Dense(u, activation=activation, dtype=self.dtype_policy, name=f"dense_{i}")
             for i, u in enumerate(self.hidden_units)
         ]
-        self.out = keras.layers.Dense(
-            self.output_dim, kernel_initializer="zeros", bias_initializer="zeros",
-            dtype=self.dtype_policy, name="out",
-        )
+
+    def _make_out(self):
+        return Dense(_output_size(self, "output_dim"), kernel_initializer="zeros",
+                     bias_initializer="zeros", dtype=self.dtype_policy, name="out")
 
     def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.output_dim)
+        return (*input_shape[:-1], _output_size(self, "output_dim"))
 
     def get_config(self):
         config = super().get_config()
@@ -71,16 +100,18 @@ class ConvNet(_Stack):
     coupling that uses it start as the identity.
 
     Args:
-        output_channels: channels of the output.
+        output_channels: channels of the output, or None to let the structure
+            set `convnet.output_channels = n` before building.
         hidden_channels: channels of the two hidden layers (512 in Glow).
         kernel_size: size of the first and last (square) kernels.
 
     Reference: Kingma & Dhariwal 2018, "Glow", arXiv:1807.03039.
     """
 
-    def __init__(self, output_channels, hidden_channels=512, kernel_size=3, **kwargs):
+    def __init__(self, output_channels=None, hidden_channels=512, kernel_size=3,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.output_channels = int(output_channels)
+        self.output_channels = None if output_channels is None else int(output_channels)
         self.hidden_channels = int(hidden_channels)
         self.kernel_size = int(kernel_size)
         self.hidden = [
@@ -91,8 +122,10 @@ class ConvNet(_Stack):
                                 activation="relu", dtype=self.dtype_policy,
                                 name="conv_1"),
         ]
-        self.out = keras.layers.Conv2D(
-            self.output_channels, self.kernel_size, padding="same",
+
+    def _make_out(self):
+        return keras.layers.Conv2D(
+            _output_size(self, "output_channels"), self.kernel_size, padding="same",
             kernel_initializer="zeros", bias_initializer="zeros",
             dtype=self.dtype_policy, name="out",
         )
@@ -106,7 +139,7 @@ class ConvNet(_Stack):
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.output_channels)
+        return (*input_shape[:-1], _output_size(self, "output_channels"))
 
     def get_config(self):
         config = super().get_config()
@@ -139,7 +172,8 @@ class ResNet(keras.layers.Layer):
     already conditions the activations, so it is left out here.
 
     Args:
-        output_channels: channels of the output.
+        output_channels: channels of the output, or None to let the structure
+            set `resnet.output_channels = n` before building.
         hidden_channels: feature maps of the residual blocks (64 for RealNVP
             on CIFAR-10).
         num_blocks: number of residual blocks (8 for RealNVP on CIFAR-10).
@@ -150,10 +184,10 @@ class ResNet(keras.layers.Layer):
     arXiv:1603.05027.
     """
 
-    def __init__(self, output_channels, hidden_channels=64, num_blocks=8, momentum=0.9,
-                 **kwargs):
+    def __init__(self, output_channels=None, hidden_channels=64, num_blocks=8,
+                 momentum=0.9, **kwargs):
         super().__init__(**kwargs)
-        self.output_channels = int(output_channels)
+        self.output_channels = None if output_channels is None else int(output_channels)
         self.hidden_channels = int(hidden_channels)
         self.num_blocks = int(num_blocks)
         self.momentum = float(momentum)
@@ -176,10 +210,10 @@ class ResNet(keras.layers.Layer):
             for k in range(self.num_blocks)
         ]
         self.norm_out = norm("norm_out")
-        self.out = conv("out", self.output_channels, kernel_initializer="zeros",
-                        bias_initializer="zeros")
 
     def build(self, input_shape):
+        if self.built:  # e.g. built from its saved build config, then by its structure
+            return
         if len(input_shape) != 4:
             raise ValueError(
                 "ResNet acts on images: expected input shape (batch, H, W, C); "
@@ -191,6 +225,10 @@ class ResNet(keras.layers.Layer):
             for layer in (norm_0, conv_0, norm_1, conv_1):
                 layer.build(shape)
         self.norm_out.build(shape)
+        self.out = keras.layers.Conv2D(
+            _output_size(self, "output_channels"), 3, padding="same",
+            kernel_initializer="zeros", bias_initializer="zeros",
+            dtype=self.dtype_policy, name="out")
         self.out.build(shape)
         self.built = True
 
@@ -203,7 +241,7 @@ class ResNet(keras.layers.Layer):
         return self.out(keras.activations.relu(self.norm_out(h, training=training)))
 
     def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.output_channels)
+        return (*input_shape[:-1], _output_size(self, "output_channels"))
 
     def get_config(self):
         config = super().get_config()

@@ -43,6 +43,9 @@ class Glow(ImageFlow):
         class_loss_weight: Glow's `weight_y`: weight of the classification
             loss on the top latent, in bits (needs `num_classes`; 0 = none).
         seed: seed of the random initial rotations and shuffles.
+        prior_scale_bound: B bounding the split priors' log-scales,
+            log sigma = B tanh(a / B), or None (unbounded, the paper's); see
+            `SplitPrior`.
 
     Reference: arXiv:1807.03039.
     """

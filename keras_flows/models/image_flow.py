@@ -28,7 +28,9 @@ class ImageFlow(Flow):
     Each level is a bijector (`_make_level`); after every level but the last,
     half the channels `z_l` are factored out with a learned prior
     p(z_l | h_l) (`SplitPrior`), and the rest `h_l` goes on. The last latent
-    has a learned, optionally class-conditional prior (`TopPrior`).
+    has a learned, optionally class-conditional prior (`TopPrior`). With
+    `prior_scale_bound=B` each split prior's log-scale is B tanh(a / B) (see
+    `SplitPrior`), so that sampling cannot overflow there.
 
     log p(x) = log p_top(z_L | y) + sum_l log p(z_l | h_l) + sum log|det J|
 
@@ -45,8 +47,11 @@ class ImageFlow(Flow):
     """
 
     def __init__(self, image_shape, levels, n_bits=8, preprocessing="scale", alpha=0.05,
-                 num_classes=None, class_loss_weight=0.0, seed=None, **kwargs):
+                 num_classes=None, class_loss_weight=0.0, seed=None, prior_scale_bound=None,
+                 **kwargs):
         keras.Model.__init__(self, **kwargs)
+        self.prior_scale_bound = (None if prior_scale_bound is None
+                                  else float(prior_scale_bound))
         self.image_shape = self.event_shape = tuple(int(d) for d in image_shape)
         if len(self.image_shape) != 3 or self.image_shape[-1] not in (1, 3):
             raise ValueError("`image_shape` must be (height, width, 1 or 3); got "
@@ -80,7 +85,8 @@ class ImageFlow(Flow):
                     raise ValueError(f"Level {index} ends with {shape[-1]} channels, "
                                      "which cannot be split in half.")
                 self.split_priors.append(
-                    SplitPrior(shape[-1] // 2, dtype=dtype, name=f"split_prior_{index}"))
+                    SplitPrior(shape[-1] // 2, self.prior_scale_bound, dtype=dtype,
+                               name=f"split_prior_{index}"))
                 shape = (*shape[:-1], shape[-1] - shape[-1] // 2)
         self.top_prior = TopPrior(shape[1:], num_classes, dtype=dtype, name="top_prior")
         self.class_loss_weight = float(class_loss_weight)
@@ -283,5 +289,6 @@ class ImageFlow(Flow):
         config.update(image_shape=list(self.image_shape), levels=self.num_levels,
                       n_bits=self.n_bits, preprocessing=self.preprocessing,
                       alpha=self.alpha, num_classes=self.num_classes,
-                      class_loss_weight=self.class_loss_weight, seed=self.seed)
+                      class_loss_weight=self.class_loss_weight, seed=self.seed,
+                      prior_scale_bound=self.prior_scale_bound)
         return config

@@ -19,10 +19,15 @@ def upcast(x):
 
 def tanh(a):
     """tanh(a) = sign(a) (1 - e) / (1 + e), e = exp(-2|a|); 1 - e = -expm1(-2|a|)
-    keeps full relative precision for small |a|."""
-    e_minus_one = ops.expm1(-2.0 * ops.abs(a))
+    keeps full relative precision for small |a|.
+
+    |a| is taken with `where`, not `ops.abs`: the gradient of abs at 0 is 0
+    on TensorFlow and PyTorch, which would give tanh'(0) = 0 instead of 1
+    (and freeze a zero-initialised scale network there)."""
+    negative = a < 0
+    e_minus_one = ops.expm1(-2.0 * ops.where(negative, -a, a))
     t = -e_minus_one / (2.0 + e_minus_one)
-    return ops.where(a < 0, -t, t)
+    return ops.where(negative, -t, t)
 
 
 def arctanh(z):
