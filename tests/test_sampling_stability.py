@@ -95,3 +95,31 @@ def test_glow_scale_is_saved_and_old_configs_keep_glows_sigmoid():
         kf.Glow(image_shape=(8, 8, 1), levels=1, scale="tanh")
     with pytest.raises(ValueError, match="scale_bound"):
         kb.AffineCoupling(scale="bounded_sigmoid", scale_bound=0.0)
+
+
+@pytest.mark.parametrize("bound", [None, 4.0])
+def test_split_prior_scale_is_bounded_for_any_given_half(bound):
+    # The level above hands the split prior an h far outside the training
+    # data: log sigma = a grows with h and exp overflows; B tanh(a / B) stays
+    # within [-B, B], and the density is the Gaussian of those parameters.
+    from scipy.stats import norm
+
+    from keras_flows.distributions.conditional import SplitPrior
+
+    prior = SplitPrior(2, scale_bound=bound)
+    kernel = np.random.default_rng(0).normal(size=prior.conv.kernel.shape)
+    prior.conv.kernel.assign(kernel.astype("float32"))
+    h = ops.convert_to_tensor(np.full((3, 2, 2, 2), 1e3, "float32")
+                              * np.array([1, -1, 0.01], "float32")[:, None, None, None])
+    out = numpy(prior.conv(h))
+    a = out[..., 1::2]
+    log_sigma = a if bound is None else bound * np.tanh(a / bound)
+    z = numpy(prior.sample((3, 2, 2, 2), h, seed=0))
+    if bound is None:
+        assert not np.isfinite(z).all()
+    else:
+        assert np.isfinite(z).all() and np.abs(log_sigma).max() <= bound
+        expected = norm.logpdf(z, out[..., 0::2], np.exp(log_sigma)).reshape(3, -1).sum(1)
+        np.testing.assert_allclose(numpy(prior.log_prob(ops.convert_to_tensor(z), h)),
+                                   expected, rtol=1e-5)
+    assert prior.get_config()["scale_bound"] == bound
