@@ -19,7 +19,7 @@ from keras_flows.train import check_subset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
-FAMILY_CLASS = {"glow": kf.Glow, "realnvp": kf.RealNVP}
+FAMILY_CLASS = {"glow": kf.Glow, "realnvp": kf.RealNVP, "maf": kf.MAF, "nsf": kf.NSF}
 IMAGE_PRESETS = [n for n, e in presets.MANIFEST.items() if "test_bits_per_dim" in e]
 
 
