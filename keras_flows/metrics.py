@@ -31,3 +31,9 @@ def mean_bits_per_dim(flow, images, labels=None, num_samples=None, batch_size=50
         values.append(ops.convert_to_numpy(flow.bits_per_dim(
             images[start:start + batch_size], context, num_samples=num_samples, seed=seed)))
     return float(np.mean(np.concatenate(values)))
+
+
+# Sample-quality figures (FID, Inception Score, precision/recall) live in
+# `keras_flows.evaluation`, which imports nothing from this module.
+from keras_flows.evaluation import (FID, InceptionFeatures, frechet_distance,  # noqa: E402,F401
+                                    inception_score, precision_recall)

@@ -301,3 +301,30 @@ def test_latents_that_overflow_float32_warn_and_still_give_pixels(mnist):
         images = numpy(flow.decode(huge))
     assert np.isfinite(images).all() and images.min() >= 0 and images.max() <= 255
     np.testing.assert_array_equal(images[1], mnist[2][1].astype("float32"))
+
+
+def test_float64_class_conditional_prior_computes_in_float64():
+    # keras.layers.Dense computes float64 in float32 on PyTorch (Keras 3.15);
+    # the class map of the top prior must not. The log-density difference
+    # between two labels is the top prior's alone, checked in numpy float64.
+    flow = kf.Glow(image_shape=(4, 4, 1), levels=1, steps_per_level=1, hidden_channels=4,
+                   num_classes=3, seed=0, dtype="float64")
+    rng = np.random.default_rng(0)
+    for w in flow.trainable_weights:
+        w.assign(rng.normal(scale=0.3, size=w.shape))
+    images = rng.uniform(0, 256, size=(5, 4, 4, 1))
+    top = numpy(flow.encode(images, np.zeros(5, "int32"))[-1]).reshape(5, -1)
+    prior = flow.top_prior
+    kernel, bias = (numpy(v) for v in (prior.class_map.kernel, prior.class_map.bias))
+
+    def top_log_prob(label):
+        out = kernel[label] + bias                       # (2C,): (loc, log_scale) pairs
+        positions = top.shape[1] // (len(out) // 2)      # H * W, channels fastest
+        loc = numpy(prior.loc).reshape(-1) + np.tile(out[0::2], positions)
+        log_scale = numpy(prior.log_scale).reshape(-1) + np.tile(out[1::2], positions)
+        return np.sum(-0.5 * ((top - loc) / np.exp(log_scale))**2 - log_scale
+                      - 0.5 * np.log(2 * np.pi), axis=1)
+
+    difference = (numpy(flow.log_prob(images, np.full(5, 2)))
+                  - numpy(flow.log_prob(images, np.full(5, 0))))
+    np.testing.assert_allclose(difference, top_log_prob(2) - top_log_prob(0), rtol=1e-11)

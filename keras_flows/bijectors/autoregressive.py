@@ -7,7 +7,7 @@ from keras_flows.bijectors.base import Bijector, sum_except_batch
 from keras_flows.bijectors.coupling import set_output_size
 from keras_flows.layers.made import MADE
 from keras_flows.transformers import Transformer
-from keras_flows.utils.backend import is_concrete
+from keras_flows.utils.backend import fori_loop, is_concrete
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -23,7 +23,7 @@ class MaskedAutoregressive(Bijector):
     The inverse starts from x = 0 and applies x <- T^-1(z; theta(x, c)) D
     times: after pass k the first k features (in order) are exact, because
     theta_i depends only on the features before i. Traced (under `jit`), the
-    passes run in a `keras.ops.fori_loop`, so they trace once whatever D is.
+    passes run in one `fori_loop`, so they trace once whatever D is.
 
     Used as is, this is a MAF layer (density in one pass, sampling in D).
     `Invert(MaskedAutoregressive(...))` is an IAF layer: sampling (its
@@ -96,7 +96,7 @@ class MaskedAutoregressive(Bijector):
             for i in range(z.shape[-1]):
                 state = step(i, state)
         else:
-            state = ops.fori_loop(0, z.shape[-1], step, state)
+            state = fori_loop(0, z.shape[-1], step, state)
         return state[0], sum_except_batch(state[1])
 
     def get_config(self):

@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_flows.bijectors.base import sum_except_batch
 from keras_flows.distributions.base import normal_log_prob
+from keras_flows.layers.dense import Dense
 from keras_flows.utils.math import tanh
 
 
@@ -85,7 +86,7 @@ class TopPrior(_GaussianPrior):
         self.log_scale = self.add_weight(shape=self.shape, initializer="zeros",
                                           name="log_scale")
         if self.num_classes is not None:
-            self.class_map = keras.layers.Dense(
+            self.class_map = Dense(
                 2 * self.shape[-1], kernel_initializer="zeros", dtype=self.dtype_policy,
                 name="class_map")
             self.class_map.build((None, self.num_classes))

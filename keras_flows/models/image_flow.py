@@ -9,6 +9,7 @@ from keras import ops
 
 from keras_flows.bijectors import LogitTransform, Rescale
 from keras_flows.distributions.conditional import SplitPrior, TopPrior
+from keras_flows.layers.dense import Dense
 from keras_flows.layers.preprocessing import Dequantize
 from keras_flows import metrics
 from keras_flows.models.flow import Flow
@@ -94,7 +95,7 @@ class ImageFlow(Flow):
         if self.class_loss_weight:
             if num_classes is None:
                 raise ValueError("`class_loss_weight` needs `num_classes`.")
-            self.classifier = keras.layers.Dense(num_classes, kernel_initializer="zeros",
+            self.classifier = Dense(num_classes, kernel_initializer="zeros",
                                                  dtype=dtype, name="classifier")
             self.classifier.build((None, shape[-1]))
         self.build((None, *self.image_shape))

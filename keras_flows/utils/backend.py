@@ -100,3 +100,95 @@ def constant(value, dtype=None):
         with tf.init_scope():
             return ops.convert_to_tensor(value, dtype=dtype)
     return ops.convert_to_tensor(value, dtype=dtype)
+
+
+def vjp(f, x, v):
+    """`(f(x), v^T df/dx)`: a vector-Jacobian product inside a forward pass.
+
+    `keras.ops` has no autodiff. `x` is one tensor; `v` has the shape of
+    `f(x)`, or is a list or tuple of such cotangents, in which case one
+    evaluation of `f` serves them all and a list of products comes back (the
+    exact trace of a Jacobian needs one per dimension). The graph is kept, so
+    the results can themselves be differentiated by an outer gradient (the
+    training step's): with respect to `x`, `v`, and whatever `f` closes over
+    (a layer's weights).
+
+    - JAX: `jax.vjp`; nested differentiation is native. Several cotangents
+      go through one `jax.vmap` of the pullback.
+    - TensorFlow: a `tf.GradientTape` watching `x` (eager or inside
+      `tf.function`); an enclosing tape records the inner gradient.
+    - PyTorch: `torch.autograd.grad(..., create_graph=True)`, under
+      `torch.enable_grad()` so that it also works inside `torch.no_grad()`.
+      An `x` that already requires grad (it depends on parameters of the
+      outer graph) is used as it is, so the outer graph runs through it; one
+      that does not (data, a constant) is replaced by a detached leaf copy
+      with `requires_grad_()`, so the caller's tensor is never modified. If
+      gradients were disabled on entry, the results are detached: nothing is
+      kept that no one will differentiate.
+
+    Where `f(x)` does not depend on `x`, the product is zeros.
+    """
+    many = isinstance(v, (list, tuple))
+    vs = list(v) if many else [v]
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        y, pullback = jax.vjp(f, x)
+        if len(vs) == 1:
+            out = [pullback(ops.cast(vs[0], y.dtype))[0]]
+        else:  # one vectorized pullback instead of len(vs) op-by-op ones
+            stacked = ops.cast(ops.stack(vs), y.dtype)
+            products = jax.vmap(lambda vi: pullback(vi)[0])(stacked)
+            out = [products[i] for i in range(len(vs))]
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape(persistent=many) as tape:
+            tape.watch(x)
+            y = f(x)
+        out = [tape.gradient(y, x, output_gradients=tf.cast(vi, y.dtype),
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+               for vi in vs]
+        del tape
+    elif backend == "torch":
+        import torch
+
+        keep = torch.is_grad_enabled()
+        x = ops.convert_to_tensor(x)
+        with torch.enable_grad():
+            if not x.requires_grad:
+                x = x.detach().requires_grad_()
+            y = f(x)
+            vs = [ops.cast(ops.convert_to_tensor(vi), y.dtype) for vi in vs]
+            if y.requires_grad:
+                out = [torch.autograd.grad(y, x, vi, create_graph=keep, retain_graph=True,
+                                           allow_unused=True)[0] for vi in vs]
+            else:
+                out = [None] * len(vs)
+        out = [torch.zeros_like(x) if g is None else g for g in out]
+        if not keep:
+            y, out = y.detach(), [g.detach() for g in out]
+    else:
+        raise NotImplementedError(f"`vjp` has no form for the {backend!r} backend.")
+    return y, (out if many else out[0])
+
+
+def fori_loop(lower, upper, body, init):
+    """`keras.ops.fori_loop` with static integer bounds, differentiable under
+    `jit_compile=True` on every backend.
+
+    Keras 3.15's TensorFlow `fori_loop` is a `tf.while_loop` without
+    `maximum_iterations`, whose gradient XLA cannot compile ("XLA
+    compilation requires a fixed tensor list size"); here TensorFlow gets the
+    bound. JAX's `fori_loop` with static bounds is a differentiable `scan`;
+    PyTorch runs a Python loop.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.while_loop(lambda i, state: i < upper,
+                             lambda i, state: (i + 1, body(i, state)),
+                             (lower, init), maximum_iterations=upper - lower)[1]
+    return keras.ops.fori_loop(lower, upper, body, init)
