@@ -38,8 +38,10 @@ def autoregressive_chain(make_layer, num_layers, normalization, permutation, see
     return Chain(layers, dtype=dtype, name="chain")
 
 
-class _AutoregressiveFlow(Flow):
-    """The arguments and config shared by MAF, IAF and NSF."""
+class AutoregressiveFlow(Flow):
+    """A vector flow of `num_layers` layers `make_layer(i, context_shape,
+    dtype)`, with `normalization` and `permutation` between them (see
+    `autoregressive_chain`): MAF, IAF and NSF are its configurations."""
 
     def __init__(self, event_shape, num_layers, hidden_units, activation, context_shape,
                  normalization, permutation, seed, base, **kwargs):
@@ -75,7 +77,7 @@ class _AutoregressiveFlow(Flow):
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
-class MAF(_AutoregressiveFlow):
+class MAF(AutoregressiveFlow):
     """Masked autoregressive flow: a stack of affine autoregressive layers.
 
     Each layer, in its input order:

@@ -4,12 +4,12 @@ import keras
 
 from keras_flows.bijectors import Coupling, MaskedAutoregressive
 from keras_flows.layers import MLP
-from keras_flows.models.maf import _AutoregressiveFlow
+from keras_flows.models.maf import AutoregressiveFlow
 from keras_flows.transformers import RationalQuadraticSpline
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
-class NSF(_AutoregressiveFlow):
+class NSF(AutoregressiveFlow):
     """Neural spline flow: MAF, or a coupling flow, with rational-quadratic
     spline transformers.
 
