@@ -61,35 +61,52 @@ def test_float64_log_prob_matches_finite_differences(name, conditional):
     np.testing.assert_allclose(numpy(flow.decode(z, c)), x, atol=1e-9)
 
 
-def test_maf_matches_tensorflow_probability_with_the_same_network():
-    if BACKEND != "tensorflow":
-        pytest.skip("TensorFlow Probability runs on the TensorFlow backend; the other "
-                    "backends are checked against finite differences above")
-    import tensorflow as tf
-    import tensorflow_probability as tfp
+TFP_SCRIPT = """
+import sys, numpy as np, keras, tensorflow as tf, tensorflow_probability as tfp
+import keras_flows
+flow = keras.saving.load_model(sys.argv[1])
+layer = flow.bijector.bijectors[0]
+tfb, tfd = tfp.bijectors, tfp.distributions
 
-    tfb, tfd = tfp.bijectors, tfp.distributions
+def shift_and_log_scale(x):
+    # Ours: z = x e^s + t. TFP's MAF: x = z e^a + b, so z = (x - b) e^-a:
+    # a = -s, b = -t e^-s.
+    params = tf.reshape(layer.conditioner(x), (-1, x.shape[-1], 2))
+    s = layer.transformer.log_scale(params[..., 0])
+    return -params[..., 1] * tf.exp(-s), -s
+
+reference = tfd.TransformedDistribution(
+    tfd.MultivariateNormalDiag(loc=tf.zeros(5, tf.float64)),
+    tfb.MaskedAutoregressiveFlow(shift_and_log_scale_fn=shift_and_log_scale))
+data = np.load(sys.argv[2])
+# TFP's forward is the D-pass direction: latent to data.
+np.savez(sys.argv[3], log_prob=reference.log_prob(data["x"]).numpy(),
+         decoded=reference.bijector.forward(data["z"]).numpy())
+"""
+
+
+def test_maf_matches_tensorflow_probability_with_the_same_network(tmp_path):
+    # TFP runs on TensorFlow: the flow built on this backend is saved and its
+    # network drives tfp.bijectors.MaskedAutoregressiveFlow in a TensorFlow
+    # process; the density and the D-pass inverse must agree in float64.
+    import os
+    import subprocess
+    import sys
+
     flow = randomise(kf.MAF(event_shape=(5,), num_layers=1, hidden_units=(16, 16),
                             dtype="float64"), seed=4)
-    layer = flow.bijector.bijectors[0]
-
-    def shift_and_log_scale(x):
-        # Ours: z = x e^s + t. TFP's MAF: x = z e^a + b, so z = (x - b) e^-a:
-        # a = -s, b = -t e^-s.
-        params = layer._params(x, None, False)
-        s = layer.transformer.log_scale(params[..., 0])
-        return -params[..., 1] * tf.exp(-s), -s
-
-    reference = tfd.TransformedDistribution(
-        tfd.MultivariateNormalDiag(loc=tf.zeros(5, tf.float64)),
-        tfb.MaskedAutoregressiveFlow(shift_and_log_scale_fn=shift_and_log_scale))
-    x = np.random.default_rng(2).normal(size=(6, 5))
-    np.testing.assert_allclose(numpy(flow.log_prob(x)), reference.log_prob(x).numpy(),
-                               atol=1e-10)
-    z = np.random.default_rng(3).normal(size=(6, 5))
-    # TFP's forward is the D-pass direction: latent to data.
-    np.testing.assert_allclose(numpy(flow.decode(z)),
-                               reference.bijector.forward(z).numpy(), atol=1e-10)
+    rng = np.random.default_rng(2)
+    x, z = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    flow.save(str(tmp_path / "maf.keras"))
+    np.savez(tmp_path / "inputs.npz", x=x, z=z)
+    run = subprocess.run(
+        [sys.executable, "-c", TFP_SCRIPT, str(tmp_path / "maf.keras"),
+         str(tmp_path / "inputs.npz"), str(tmp_path / "tfp.npz")],
+        env=dict(os.environ, KERAS_BACKEND="tensorflow"), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    reference = np.load(tmp_path / "tfp.npz")
+    np.testing.assert_allclose(numpy(flow.log_prob(x)), reference["log_prob"], atol=1e-10)
+    np.testing.assert_allclose(numpy(flow.decode(z)), reference["decoded"], atol=1e-10)
 
 
 def test_inverse_loop_is_traced_once_whatever_the_dimension():
