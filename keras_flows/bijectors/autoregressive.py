@@ -3,7 +3,8 @@
 import keras
 from keras import ops
 
-from keras_flows.bijectors.base import Bijector, sum_except_batch
+from keras_flows.bijectors.base import (Bijector, deserialize_sublayers,
+                                        serialize_sublayers, sum_except_batch)
 from keras_flows.bijectors.coupling import set_output_size
 from keras_flows.layers.made import MADE
 from keras_flows.transformers import Transformer
@@ -102,16 +103,10 @@ class MaskedAutoregressive(Bijector):
     def get_config(self):
         config = super().get_config()
         config.update(
-            transformer=keras.saving.serialize_keras_object(self.transformer),
-            conditioner=(None if self.conditioner is None
-                         else keras.saving.serialize_keras_object(self.conditioner)),
+            **serialize_sublayers(transformer=self.transformer, conditioner=self.conditioner),
             context_shape=None if self.context_shape is None else list(self.context_shape))
         return config
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("transformer", "conditioner"):
-            if isinstance(config.get(key), dict):
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        return cls(**deserialize_sublayers(config, "transformer", "conditioner"))

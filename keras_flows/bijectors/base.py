@@ -18,6 +18,21 @@ def sum_except_batch(x):
     return ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)
 
 
+def serialize_sublayers(**layers):
+    """`get_config` entries for sublayers passed to a constructor (None stays None)."""
+    return {name: None if layer is None else keras.saving.serialize_keras_object(layer)
+            for name, layer in layers.items()}
+
+
+def deserialize_sublayers(config, *names):
+    """A copy of `config` with the named serialized sublayers rebuilt."""
+    config = dict(config)
+    for name in names:
+        if isinstance(config.get(name), dict):
+            config[name] = keras.saving.deserialize_keras_object(config[name])
+    return config
+
+
 class Bijector(keras.layers.Layer):
     """An invertible map between data `x` and latent `z`, with its log-det.
 

@@ -4,7 +4,8 @@ import numpy as np
 import keras
 from keras import ops
 
-from keras_flows.bijectors.base import Bijector, sum_except_batch
+from keras_flows.bijectors.base import (Bijector, deserialize_sublayers,
+                                        serialize_sublayers, sum_except_batch)
 from keras_flows.layers.conditioners import MLP, ConvNet, ResNet
 from keras_flows.transformers import Additive, Affine, Transformer
 
@@ -171,20 +172,14 @@ class Coupling(Bijector):
     def get_config(self):
         config = super().get_config()
         config.update(
-            transformer=keras.saving.serialize_keras_object(self.transformer),
-            conditioner=(None if self.conditioner is None
-                         else keras.saving.serialize_keras_object(self.conditioner)),
+            **serialize_sublayers(transformer=self.transformer, conditioner=self.conditioner),
             mask=self.mask, reverse=self.reverse,
             context_shape=None if self.context_shape is None else list(self.context_shape))
         return config
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("transformer", "conditioner"):
-            if isinstance(config.get(key), dict):
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        return cls(**deserialize_sublayers(config, "transformer", "conditioner"))
 
 
 class _NamedCoupling(Coupling):
