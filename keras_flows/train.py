@@ -40,7 +40,6 @@ import io
 import json
 import math
 import os
-import platform
 import sys
 import time
 
@@ -52,6 +51,7 @@ import keras_flows as kf
 from keras_flows.callbacks import Checkpoint, NaNGuard, SampleGrid, Warmup
 from keras_flows.datasets.images import ENV_VAR
 from keras_flows.metrics import mean_bits_per_dim
+from keras_flows.utils.backend import device_description
 
 
 def _override(config, item, parser):
@@ -153,7 +153,7 @@ def _run(args, parser, argv):
         "evaluation": "test_bits_per_dim: one uniform dequantization draw per image "
                       "(seeded); _midpoint: bin midpoints",
         "backend": keras.backend.backend(),
-        "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "hardware": device_description(),
         "date": time.strftime("%Y-%m-%d"),
         ("evaluate_command" if args.evaluate_only else "command"):
             "python -m keras_flows.train " + " ".join(sys.argv[1:] if argv is None else argv),

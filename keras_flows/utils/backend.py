@@ -192,3 +192,30 @@ def fori_loop(lower, upper, body, init):
                              lambda i, state: (i + 1, body(i, state)),
                              (lower, init), maximum_iterations=upper - lower)[1]
     return keras.ops.fori_loop(lower, upper, body, init)
+
+
+def device_description():
+    """The accelerator the backend computes on (e.g. "NVIDIA H200"), else
+    "<machine>, <N> CPU cores"."""
+    import os
+    import platform
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform != "cpu":
+            return device.device_kind
+    elif backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores"

@@ -1,0 +1,46 @@
+"""scripts/gpu_zoo.py's data path: CIFAR-10 in lossless parts, unpacked on the
+device into the exact arrays (the training step itself is train.py's, tested in
+test_train.py)."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DATA = pathlib.Path(os.environ.get("KERAS_FLOWS_DATA", ROOT.parent / "shared" / "datasets"))
+
+
+def gpu_zoo(*args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_zoo.py"), *args],
+                          cwd=ROOT, capture_output=True, text=True, check=True,
+                          env={**os.environ, **(env or {})}).stdout
+
+
+@pytest.fixture(scope="module")
+def cifar10():
+    path = DATA / "cifar10.npz"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: set KERAS_FLOWS_DATA to a folder holding cifar10.npz")
+    return np.load(path)
+
+
+def test_parts_unpack_to_the_exact_images(tmp_path, cifar10):
+    out = gpu_zoo("--dir", str(tmp_path / "g"), "prepare", "--data", str(DATA / "cifar10.npz"),
+                  "--limit", "250", "--parts", "3", "--test-images", "40", "--no-wheels")
+    assert out.count("call ") == 3 and "MiB" in out
+    parts = sorted(p.name for p in (tmp_path / "g").iterdir())
+    assert parts == ["part0", "part1", "part2"]
+    out = gpu_zoo("--dir", str(tmp_path / "g"), "device", env={"OUT": str(tmp_path / "out")})
+    assert "unpacked 250 training and 40 test images" in out
+    data = tmp_path / "g" / "data"
+    x = np.concatenate([np.load(data / n) for n in
+                        ("train_0_83.npy", "train_83_166.npy", "train_166_250.npy")])
+    np.testing.assert_array_equal(x, cifar10["x_train"][:250])
+    np.testing.assert_array_equal(np.load(data / "train_83_166_labels.npy"),
+                                  cifar10["y_train"][83:166])
+    np.testing.assert_array_equal(np.load(data / "test_0_40.npy"), cifar10["x_test"][:40])
+
