@@ -25,7 +25,7 @@ steps:
    10,000 test images (as `keras_flows.train` does), writes it as a preset
    in runs/gpu_finish with the GPU run's figures (steps, time, hardware,
    command) and, when its bits/dim beat the published preset's, republishes
-   pretrained/glow_cifar10 and the manifest. The next GPU run starts from
+   keras_flows/pretrained/glow_cifar10 and the manifest. The next GPU run starts from
    there.
 
 End to end on CPU with a tiny budget:
@@ -230,9 +230,9 @@ def finish(args):
         print(f"not republished: scored on {len(x_test)} test images, not 10,000")
     elif new < old:
         for name in ("config.json", "model.weights.h5", "metadata.json"):
-            shutil.copy(out / name, ROOT / "pretrained" / PRESET / name)
+            shutil.copy(out / name, ROOT / "keras_flows" / "pretrained" / PRESET / name)
         subprocess.run([sys.executable, "scripts/update_manifest.py"], cwd=ROOT, check=True)
-        print(f"republished pretrained/{PRESET}; paste the table above into README.md")
+        print(f"republished keras_flows/pretrained/{PRESET}; paste the table above into README.md")
 
 
 def main(argv=None):

@@ -1,4 +1,4 @@
-"""Rewrites keras_flows/presets/manifest.json from the presets in pretrained/
+"""Rewrites keras_flows/presets/manifest.json from the presets in keras_flows/pretrained/
 and prints the README's table of presets.
 
     python scripts/update_manifest.py
@@ -33,7 +33,7 @@ def table(manifest):
     rows = ["| preset | class | data | parameters | test figure | trained |",
             "| --- | --- | --- | --- | --- | --- |"]
     for name, entry in manifest.items():
-        metadata = json.loads((ROOT / "pretrained" / name / "metadata.json").read_text())
+        metadata = json.loads((ROOT / "keras_flows" / "pretrained" / name / "metadata.json").read_text())
         data = metadata["dataset"]
         data = data["name"] if isinstance(data, dict) else data
         if "optimizer_steps" in metadata:
@@ -49,7 +49,7 @@ def table(manifest):
 
 def main():
     manifest = {}
-    for directory in sorted((ROOT / "pretrained").iterdir()):
+    for directory in sorted((ROOT / "keras_flows" / "pretrained").iterdir()):
         if not (directory / "metadata.json").exists():
             continue
         config = json.loads((directory / "config.json").read_text())

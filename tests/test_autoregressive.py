@@ -149,7 +149,7 @@ def _fit(flow, x, epochs, batch_size=512, lr=3e-3):
 
 
 # Entropies (nats) of the toy densities: Kozachenko-Leonenko estimates from
-# 10 x 200,000 points, recorded in pretrained/realnvp_*/metadata.json.
+# 10 x 200,000 points, recorded in keras_flows/pretrained/realnvp_*/metadata.json.
 ENTROPY = {"moons": 2.393, "8gaussians": 2.83}
 # name: (model, epochs). The affine flows need depth and steps for the
 # well-separated modes of 8gaussians; the splines get there in a few layers.

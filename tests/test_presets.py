@@ -28,15 +28,15 @@ def _short(name):
 
 
 def test_manifest_lists_every_preset_in_pretrained_with_its_files_hashes():
-    on_disk = sorted(p.name for p in (ROOT / "pretrained").iterdir()
+    on_disk = sorted(p.name for p in (ROOT / "keras_flows" / "pretrained").iterdir()
                      if (p / "metadata.json").exists())
     assert sorted(presets.MANIFEST) == on_disk
     for name, entry in presets.MANIFEST.items():
         for file, record in entry["files"].items():
-            path = ROOT / "pretrained" / name / file
+            path = ROOT / "keras_flows" / "pretrained" / name / file
             assert sha256_of(path) == record["sha256"], f"{name}/{file}: run scripts/update_manifest.py"
             assert path.stat().st_size == record["bytes"] < 50_000_000
-        metadata = json.loads((ROOT / "pretrained" / name / "metadata.json").read_text())
+        metadata = json.loads((ROOT / "keras_flows" / "pretrained" / name / "metadata.json").read_text())
         assert metadata["weights_sha256"] == entry["files"]["model.weights.h5"]["sha256"]
         assert metadata["command"] and metadata["parameters"] == entry["parameters"]
 
@@ -56,14 +56,14 @@ def test_presets_property_lists_each_family():
 @pytest.mark.parametrize("name", IMAGE_PRESETS)
 def test_image_preset_loads_offline_and_scores_its_recorded_check_figure(name, monkeypatch,
                                                                          tmp_path):
-    # From a source checkout, presets come from pretrained/ with no network.
+    # From a source checkout, presets come from keras_flows/pretrained/ with no network.
     monkeypatch.setenv("KERAS_FLOWS_OFFLINE", "1")
     monkeypatch.setenv("KERAS_FLOWS_CACHE", str(tmp_path))
     entry = presets.MANIFEST[name]
     flow = FAMILY_CLASS[entry["family"]].from_preset(_short(name))
     assert type(flow).__name__ == entry["class_name"]
     assert flow.count_params() == entry["parameters"]
-    metadata = json.loads((ROOT / "pretrained" / name / "metadata.json").read_text())
+    metadata = json.loads((ROOT / "keras_flows" / "pretrained" / name / "metadata.json").read_text())
     with np.load(DATASETS / f"{metadata['dataset']}.npz") as data:
         x_test = data["x_test"]
     images = x_test[check_subset(len(x_test))].reshape(-1, *flow.image_shape)
@@ -214,7 +214,7 @@ def test_truncated_weights_and_malformed_json_are_one_line_errors_naming_the_fil
 def test_preset_files_names_a_builtin_preset_and_its_local_files():
     label, paths = presets.preset_files("moons", kf.RealNVP, load_weights=False)
     assert label == "realnvp_moons"
-    assert paths["config.json"] == str(ROOT / "pretrained" / "realnvp_moons" / "config.json")
+    assert paths["config.json"] == str(ROOT / "keras_flows" / "pretrained" / "realnvp_moons" / "config.json")
 
 
 # -- downloads, from a local server (tests/conftest.py) -------------------
@@ -229,7 +229,7 @@ def _reference_moons():
 
 def test_builtin_preset_downloads_once_then_loads_from_the_cache(server, cache, monkeypatch):
     points, expected = _reference_moons()
-    server.root = ROOT / "pretrained"
+    server.root = ROOT / "keras_flows" / "pretrained"
     monkeypatch.setenv("KERAS_FLOWS_PRESETS_URL", server.url)
     for _ in range(2):
         flow = kf.RealNVP.from_preset("moons")
@@ -247,7 +247,7 @@ def test_builtin_preset_downloads_once_then_loads_from_the_cache(server, cache, 
 @pytest.mark.parametrize("fault", ["corrupt", "truncate"])
 def test_a_bad_download_leaves_no_file_and_a_later_one_succeeds(server, cache, monkeypatch,
                                                                 fault):
-    server.root = ROOT / "pretrained"
+    server.root = ROOT / "keras_flows" / "pretrained"
     monkeypatch.setenv("KERAS_FLOWS_PRESETS_URL", server.url)
     server.faults["/realnvp_moons/model.weights.h5"] = fault
     with pytest.raises((ValueError, OSError),
@@ -265,7 +265,7 @@ def test_hf_and_https_presets_directories_and_archives(server, cache, monkeypatc
     for file in MOONS:
         for target in (served / "org" / "repo" / "resolve" / "main", served / "plain"):
             target.mkdir(parents=True, exist_ok=True)
-            shutil.copy(ROOT / "pretrained" / "realnvp_moons" / file, target / file)
+            shutil.copy(ROOT / "keras_flows" / "pretrained" / "realnvp_moons" / file, target / file)
     shutil.make_archive(str(served / "moons"), "zip", served / "plain")
     server.root = served
     monkeypatch.setenv("HF_ENDPOINT", server.url)
@@ -282,7 +282,7 @@ def test_hf_and_https_presets_directories_and_archives(server, cache, monkeypatc
 def test_a_bad_file_from_a_preset_url_is_refused_and_not_cached(server, cache, tmp_path, file,
                                                                 fault, expected):
     served = tmp_path / "served" / "plain"
-    shutil.copytree(ROOT / "pretrained" / "realnvp_moons", served)
+    shutil.copytree(ROOT / "keras_flows" / "pretrained" / "realnvp_moons", served)
     server.root = tmp_path / "served"
     if file == "model.weights.h5":  # no sha256 to check it against: by its content, then
         metadata = json.loads((served / "metadata.json").read_text())

@@ -1,4 +1,4 @@
-"""Every 2-D density model in pretrained/ loads on each backend and scores what its
+"""Every 2-D density model in keras_flows/pretrained/ loads on each backend and scores what its
 metadata says, and no better than the density's entropy allows."""
 
 import importlib.util
@@ -13,7 +13,7 @@ from keras import ops
 import keras_flows as kf
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PRETRAINED = ROOT / "pretrained"
+PRETRAINED = ROOT / "keras_flows" / "pretrained"
 DENSITIES = ("moons", "8gaussians", "checkerboard", "pinwheel", "rings", "2spirals")
 
 

@@ -18,8 +18,8 @@ holding three regular files (not links):
 
 Built-in presets resolve, in order, to: `$KERAS_FLOWS_PRESETS_URL/<name>/`
 when that variable is set (a mirror, or a local server in tests); the
-`pretrained/` directory of a source checkout, with no network at all; the
-published location `hf://keras-flows/pretrained/<name>/`. Downloads are
+package's own `keras_flows/pretrained/` folder (in the wheel and in a source
+checkout alike), with no network at all; the published location `hf://keras-flows/pretrained/<name>/`. Downloads are
 verified (against the manifest's sha256, or by length and content) and
 cached (see `download.fetch`).
 
@@ -59,7 +59,7 @@ OVERRIDABLE = ("name", "trainable", "dtype")
 MAX_ARCHIVE_BYTES = 1 << 30  # unpacked bytes a preset archive may hold (1 GiB)
 MAX_ARCHIVE_FILES = 1000  # entries (files and folders) a preset archive may hold
 PUBLISHED_URL = "hf://keras-flows/pretrained"
-CHECKOUT = pathlib.Path(__file__).resolve().parents[2] / "pretrained"
+PACKAGED = pathlib.Path(__file__).resolve().parents[1] / "pretrained"
 with open(pathlib.Path(__file__).with_name("manifest.json")) as _f:
     MANIFEST = json.load(_f)
 # Bare dataset names, for `Flow.from_preset` and the command line.
@@ -266,8 +266,8 @@ def _builtin_files(name, load_weights):
     """Local paths of a built-in preset's files."""
     entry = MANIFEST[name]
     base = os.environ.get("KERAS_FLOWS_PRESETS_URL")
-    if base is None and (CHECKOUT / name / "config.json").exists():
-        return _directory_files(CHECKOUT / name, load_weights,
+    if base is None and (PACKAGED / name / "config.json").exists():
+        return _directory_files(PACKAGED / name, load_weights,
                                 entry["files"]["model.weights.h5"]["sha256"])
     base = (base or PUBLISHED_URL).rstrip("/")
     wanted = FILES if load_weights else ("config.json", "metadata.json")
