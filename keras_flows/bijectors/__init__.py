@@ -13,6 +13,9 @@ from keras_flows.bijectors.planar import Planar
 from keras_flows.bijectors.preprocessing import LogitTransform, Rescale
 from keras_flows.bijectors.radial import Radial
 from keras_flows.bijectors.reshape import Squeeze
+from keras_flows.bijectors.simplex import Calibration, GeneralizedCalibration
+from keras_flows.bijectors.sphere import (NormalizedAffine, NormalizedLinear,
+                                          NormalizedTranslation)
 
 __all__ = [
     "Bijector", "Chain", "Invert",
@@ -24,4 +27,6 @@ __all__ = [
     "Planar", "Radial",
     "Squeeze",
     "Rescale", "LogitTransform",
+    "Calibration", "GeneralizedCalibration",
+    "NormalizedTranslation", "NormalizedLinear", "NormalizedAffine",
 ]
