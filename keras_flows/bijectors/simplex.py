@@ -212,12 +212,15 @@ class GeneralizedCalibration(_SimplexBijector):
         self.matrix_weight = self.add_weight(
             name="matrix", shape=(k - 1, k - 1), initializer="identity")
         self.shift = self.add_weight(name="shift", shape=(k,), initializer="zeros")
-        self._basis = constant(helmert_basis(k), dtype=self.compute_dtype)
         self.built = True
+
+    def basis(self, dtype=None):
+        """H, the (K, K-1) Helmert basis, as a constant made in the caller's trace."""
+        return constant(helmert_basis(self.num_classes), dtype=dtype or self.compute_dtype)
 
     def matrix(self):
         """The K x K matrix A = H M H^T + 1 1^T / K (A 1 = 1)."""
-        basis = self._basis
+        basis = self.basis()
         m = ops.cast(self.matrix_weight, basis.dtype)
         k = self.num_classes
         return matmul(matmul(basis, m), ops.transpose(basis)) + ops.ones((k, k), basis.dtype) / k
@@ -229,7 +232,7 @@ class GeneralizedCalibration(_SimplexBijector):
         return ops.sum(ops.log(ops.abs(ops.diagonal(r)))) * ops.ones_like(x[:, 0])
 
     def _forward(self, x, context=None, training=False):
-        basis = ops.cast(self._basis, x.dtype)
+        basis = self.basis(x.dtype)
         m = ops.cast(self.matrix_weight, x.dtype)
         log_p = ops.log(x)
         h = matmul(matmul(log_p, basis), ops.transpose(m))
@@ -237,7 +240,7 @@ class GeneralizedCalibration(_SimplexBijector):
         return self._map(log_p, logits, self._log_abs_det(x))
 
     def _inverse(self, z, context=None, training=False):
-        basis = ops.cast(self._basis, z.dtype)
+        basis = self.basis(z.dtype)
         m = ops.cast(self.matrix_weight, z.dtype)
         log_q = ops.log(z)
         h = matmul(log_q - ops.cast(self.shift, z.dtype), basis)
