@@ -24,17 +24,18 @@ import time
 import numpy as np
 import keras
 
+import keras_flows as kf
 from keras_flows import calibration
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load(dataset):
-    folder = pathlib.Path(os.environ.get("KERAS_FLOWS_DATA", ROOT.parent / "shared" / "datasets"))
-    path = folder / f"{dataset}.npz"
-    if not path.is_file():
-        raise SystemExit(f"{path} is missing: set KERAS_FLOWS_DATA to a folder holding "
-                         f"{dataset}.npz (keys x_train, y_train, x_test, y_test).")
+    # KERAS_FLOWS_DATA's copy, else ../shared/datasets', else downloaded once.
+    try:
+        path = kf.datasets.npz_file(dataset, [ROOT.parent / "shared" / "datasets"])
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
     with np.load(path) as f:
         x_train, y_train, x_test, y_test = (
             f[k] for k in ("x_train", "y_train", "x_test", "y_test"))

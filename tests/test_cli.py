@@ -13,9 +13,10 @@ from PIL import Image
 
 import keras_flows as kf
 from keras_flows import cli, presets
+from real_data import dataset_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MNIST = ROOT.parent / "shared" / "datasets" / "mnist.npz"
+MNIST = dataset_file("mnist")
 
 
 def test_list_shows_every_preset_with_its_measured_figure(capsys):
@@ -181,3 +182,35 @@ def test_export_onnx_writes_models_that_onnxruntime_scores(tmp_path, capsys):
     expected = ops.convert_to_numpy(kf.RealNVP.from_preset("moons").log_prob(points))
     np.testing.assert_allclose(session.run(None, {"x": points})[0], expected,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_inpaint_writes_originals_masked_and_completed_rows(tmp_path, capsys):
+    out = tmp_path / "inpaint.png"
+    cli.main(["inpaint", "mnist", "--images", "2", "--mask", "left", "--steps", "3",
+              "--data", str(MNIST), "--seed", "1", "--out", str(out)])
+    assert "RMS error" in capsys.readouterr().out
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (3 * 30 + 2, 2 * 30 + 2)  # 3 rows x 2 images, 28x28 tiles
+    with np.load(MNIST) as data:
+        test = data["x_test"]
+    chosen = np.sort(np.random.default_rng(1).choice(len(test), 2, replace=False))
+    for column, image in enumerate(test[chosen]):
+        left = 2 + column * 30
+        np.testing.assert_array_equal(grid[2:30, left:left + 28], image)  # original
+        np.testing.assert_array_equal(grid[32:60, left:left + 14], 128)   # masked: grey
+        np.testing.assert_array_equal(grid[32:60, left + 14:left + 28], image[:, 14:])
+        np.testing.assert_array_equal(grid[62:90, left + 14:left + 28], image[:, 14:])
+
+
+def test_inpaint_masks_and_errors():
+    center = cli.inpainting_mask("center", (1, 8, 8, 3))
+    assert center.shape == (1, 8, 8, 1) and center.sum() == 16 and center[0, 2:6, 2:6].all()
+    assert cli.inpainting_mask("left", (1, 4, 6, 1))[0, :, :3].all()
+    assert cli.inpainting_mask("left", (1, 4, 6, 1)).sum() == 12
+    random = cli.inpainting_mask("random", (50, 28, 28, 1), seed=0)
+    assert abs(random.mean() - 0.5) < 0.01
+    with pytest.raises(SystemExit, match="inpaint completes images"):
+        cli.main(["inpaint", "realnvp_moons"])
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["inpaint", "mnist", "--mask", "top"])
+    assert exit.value.code == 2
