@@ -19,7 +19,7 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "datasets" / "cifar10.npz"
+SHARED = ROOT.parent / "shared" / "datasets"  # searched after KERAS_FLOWS_DATA
 
 CHILD = r"""
 import json, resource, sys, time
@@ -32,7 +32,7 @@ def rss_mib():
         return int(f.read().split()[1]) * 4096 / 2**20
 
 n = int(sys.argv[2])
-with np.load(sys.argv[1]) as data:
+with np.load(kf.datasets.npz_file("cifar10", [sys.argv[1]])) as data:
     images = data["x_test"][np.random.default_rng(0).permutation(10000)[:n]]
 flow = kf.Glow.from_preset("cifar10")
 flow.bits_per_dim(images[:8])  # warm up: first-call allocations are not the batch's
@@ -58,7 +58,7 @@ def main():
     print("| --- | --- | --- | --- | --- |")
     for backend in args.backends.split(","):
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-        run = subprocess.run([sys.executable, "-c", CHILD, str(DATA), str(args.images)],
+        run = subprocess.run([sys.executable, "-c", CHILD, str(SHARED), str(args.images)],
                              env=env, capture_output=True, text=True)
         if run.returncode:
             sys.exit(f"{backend} failed:\n{run.stderr[-3000:]}")

@@ -24,7 +24,8 @@ writes OUT/model.keras and OUT/results.json with the full test split's
 bits/dim (one uniform-dequantization draw per image, the papers' figure, and
 at bin midpoints), parameter count, epochs, steps, training time (this run's
 and, over all runs, the time that trained the kept steps), machine and
-command. The data must be local (`--data` or KERAS_FLOWS_DATA). `--init
+command. The data comes from `--data`, else KERAS_FLOWS_DATA, else (MNIST,
+Fashion-MNIST, CIFAR-10) a download kept in the cache. `--init
 PRESET` starts from a preset's weights (the optimizer starts afresh: keep a
 warmup) and counts its steps and time in the totals; `--preset DIR` writes
 the result as a preset. Errors (a bad config, a missing data file, a full
@@ -49,7 +50,6 @@ from keras import ops
 
 import keras_flows as kf
 from keras_flows.callbacks import Checkpoint, NaNGuard, SampleGrid, Warmup
-from keras_flows.datasets.images import ENV_VAR
 from keras_flows.metrics import mean_bits_per_dim
 from keras_flows.utils.backend import device_description
 
@@ -74,7 +74,8 @@ def main(argv=None, prog=None):
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("config", help="a JSON config from zoo/")
     parser.add_argument("--out", required=True, help="run directory")
-    parser.add_argument("--data", help="local .npz or image folder (else KERAS_FLOWS_DATA)")
+    parser.add_argument("--data", help="local .npz or image folder (else KERAS_FLOWS_DATA, "
+                        "else a download kept in the cache)")
     parser.add_argument("--epochs", type=int, help="override the config's epochs")
     parser.add_argument("--steps-per-epoch", type=int, help="override steps per epoch")
     parser.add_argument("--max-minutes", type=float, help="stop training after this long")
@@ -342,15 +343,13 @@ def _build(config, path):
 
 
 def _load_data(name, path):
-    """The dataset's local arrays, with an error naming `--data`."""
-    if path is None and not os.environ.get(ENV_VAR):
-        raise ValueError(f"No data for {name!r}: pass --data (a .npz with x_train, y_train, "
-                         f"x_test, y_test, or an image folder with train/ and test/), or set "
-                         f"{ENV_VAR} to a folder holding its .npz.")
+    """The dataset's arrays (`--data`, else KERAS_FLOWS_DATA, else downloaded once),
+    with an error naming `--data`."""
     try:
         return kf.datasets.load_arrays(name, path=path)
     except (OSError, ValueError) as error:
-        raise ValueError(f"--data {path}: {error}" if path else str(error)) from None
+        raise ValueError(f"--data {path}: {error}" if path else
+                         f"{error} (or pass --data a .npz or an image folder)") from None
 
 
 def _initialize(flow, preset, model):

@@ -240,8 +240,8 @@ def main(argv=None):
     parser.add_argument("--dir", default=".gpu", help="the carried folder, in the checkout")
     sub = parser.add_subparsers(dest="step", required=True)
     p = sub.add_parser("prepare")
-    p.add_argument("--data", default=os.environ.get(
-        "KERAS_FLOWS_DATA", str(ROOT.parent / "shared" / "datasets")) + "/cifar10.npz")
+    p.add_argument("--data", help="cifar10.npz (default: KERAS_FLOWS_DATA's, "
+                   "../shared/datasets', else keras_flows.datasets.download)")
     p.add_argument("--parts", type=int, default=3)
     p.add_argument("--limit", type=int, default=None, help="only the first N training images")
     p.add_argument("--test-images", type=int, default=2000)
@@ -257,9 +257,13 @@ def main(argv=None):
     p.add_argument("--init", default=PRESET)
     p = sub.add_parser("finish")
     p.add_argument("run", help="the folder the device call's $OUT came back to")
-    p.add_argument("--data", default=os.environ.get(
-        "KERAS_FLOWS_DATA", str(ROOT.parent / "shared" / "datasets")) + "/cifar10.npz")
+    p.add_argument("--data", help="cifar10.npz (default: as for prepare)")
     args = parser.parse_args(argv)
+    if getattr(args, "data", "unset") is None:
+        sys.path.insert(0, str(ROOT))
+        import keras_flows as kf
+
+        args.data = str(kf.datasets.npz_file("cifar10", [ROOT.parent / "shared" / "datasets"]))
     args.argv = argv
     {"prepare": prepare, "device": device, "finish": finish}[args.step](args)
 

@@ -4,7 +4,6 @@ small MNIST file for training runs."""
 import collections
 import http.server
 import os
-import pathlib
 import threading
 import urllib.parse
 
@@ -76,7 +75,9 @@ def cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A .npz of 128 MNIST training and 16 test images, for `keras_flows.train` runs."""
-    mnist = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist.npz"
+    from real_data import dataset_file
+
+    mnist = dataset_file("mnist")
     path = tmp_path_factory.mktemp("data") / "mnist_128.npz"
     with np.load(mnist) as f:
         np.savez(path, x_train=f["x_train"][:128], y_train=f["y_train"][:128],

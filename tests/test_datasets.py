@@ -1,24 +1,17 @@
 """Image dataset loaders (real MNIST and CIFAR-10 files, npz, image folders, errors)
 and the PNG image grid."""
 
-import pathlib
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from keras_flows.datasets import IMAGE_DATASETS, load, load_arrays
+from keras_flows.datasets import IMAGE_DATASETS, download, load, load_arrays
 from keras_flows.datasets.images import _flip_batch
 from keras_flows.utils import save_image_grid
+from real_data import dataset_file
 
-SHARED = pathlib.Path(__file__).parents[2] / "shared" / "datasets"
-
-
-def shared_file(name):
-    path = SHARED / name
-    assert path.is_file(), f"the real dataset file {path} is missing (see ../shared/datasets/README.md)"
-    return path
 
 
 def write_npz(path, n_train=100, n_test=30, shape=(28, 28), seed=0, **overrides):
@@ -45,7 +38,7 @@ def collect(ds):
 
 
 def test_mnist_from_real_file():
-    train, test = load("mnist", batch_size=1000, path=shared_file("mnist.npz"), seed=0)
+    train, test = load("mnist", batch_size=1000, path=dataset_file("mnist"), seed=0)
     first = next(iter(train)).numpy()
     assert first.shape == (1000, 28, 28, 1) and first.dtype == np.uint8
     sizes = [b.shape[0] for b in test.as_numpy_iterator()]
@@ -54,7 +47,7 @@ def test_mnist_from_real_file():
 
 
 def test_cifar10_from_real_file_is_shuffled():
-    train, test = load("cifar10", batch_size=64, path=shared_file("cifar10.npz"), seed=1,
+    train, test = load("cifar10", batch_size=64, path=dataset_file("cifar10"), seed=1,
                        with_labels=True)
     batch = next(iter(train))
     x, y = batch["x"].numpy(), batch["context"].numpy()
@@ -254,8 +247,11 @@ def test_env_var_errors_and_tfds_failure(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="absent"):
         load("mnist")
     monkeypatch.delenv("KERAS_FLOWS_DATA")
+    monkeypatch.setenv("KERAS_FLOWS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KERAS_FLOWS_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="KERAS_FLOWS_DATA"):
         load_arrays("mnist")
+    monkeypatch.delenv("KERAS_FLOWS_OFFLINE")
 
     import tensorflow_datasets as tfds
 
@@ -269,6 +265,58 @@ def test_env_var_errors_and_tfds_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_FLOWS_DATA", str(tmp_path))  # a folder without the file
     with pytest.raises(RuntimeError, match="fashion_mnist.npz"):
         load("fashion_mnist")
+
+
+def fake_keras_mnist(calls):
+    rng = np.random.default_rng(0)
+    x_train, x_test = (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) for n in (20, 6))
+    y_train, y_test = (rng.integers(0, 10, n).astype(np.uint8) for n in (20, 6))
+
+    def load_data():
+        calls.append(1)
+        return (x_train, y_train), (x_test, y_test)
+
+    return load_data, (x_train, y_train, x_test, y_test)
+
+
+def test_download_keeps_keras_datasets_arrays_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("KERAS_FLOWS_DATA", raising=False)
+    monkeypatch.delenv("KERAS_FLOWS_OFFLINE", raising=False)
+    monkeypatch.setenv("KERAS_FLOWS_CACHE", str(tmp_path / "cache"))
+    calls = []
+    load_data, (x_train, y_train, x_test, y_test) = fake_keras_mnist(calls)
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", load_data)
+
+    path = download("mnist")
+    assert path == tmp_path / "cache" / "datasets" / "mnist.npz"
+    assert download("mnist") == path and len(calls) == 1  # fetched once
+    x, y, xt, yt = load_arrays("mnist")  # no path, no KERAS_FLOWS_DATA: the cached copy
+    assert len(calls) == 1
+    np.testing.assert_array_equal(x[..., 0], x_train)
+    np.testing.assert_array_equal(y, y_train)
+    np.testing.assert_array_equal(xt[..., 0], x_test)
+    assert x.shape == (20, 28, 28, 1) and yt.shape == (6,)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["mnist.npz"]
+
+
+def test_download_failure_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("KERAS_FLOWS_DATA", raising=False)
+    monkeypatch.delenv("KERAS_FLOWS_OFFLINE", raising=False)
+    monkeypatch.setenv("KERAS_FLOWS_CACHE", str(tmp_path / "cache"))
+
+    def unreachable():
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", unreachable)
+    with pytest.raises(FileNotFoundError) as info:
+        load_arrays("cifar10")
+    message = str(info.value)
+    assert "\n" not in message and "name resolution" in message
+    assert "KERAS_FLOWS_DATA" in message and "cifar10.npz" in message
+    assert not (tmp_path / "cache" / "datasets").exists() or \
+        not list((tmp_path / "cache" / "datasets").iterdir())
+    with pytest.raises(ValueError, match="tensorflow-datasets"):
+        download("celeb_a")
 
 
 # -------------------------------------------------------------- image grid

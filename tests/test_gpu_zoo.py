@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 import pytest
+from real_data import dataset_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DATA = pathlib.Path(os.environ.get("KERAS_FLOWS_DATA", ROOT.parent / "shared" / "datasets"))
 
 
 def gpu_zoo(*args, env=None):
@@ -22,14 +22,11 @@ def gpu_zoo(*args, env=None):
 
 @pytest.fixture(scope="module")
 def cifar10():
-    path = DATA / "cifar10.npz"
-    if not path.exists():
-        pytest.fail(f"{path} is missing: set KERAS_FLOWS_DATA to a folder holding cifar10.npz")
-    return np.load(path)
+    return dataset_file("cifar10")
 
 
 def test_parts_unpack_to_the_exact_images(tmp_path, cifar10):
-    out = gpu_zoo("--dir", str(tmp_path / "g"), "prepare", "--data", str(DATA / "cifar10.npz"),
+    out = gpu_zoo("--dir", str(tmp_path / "g"), "prepare", "--data", str(cifar10),
                   "--limit", "250", "--parts", "3", "--test-images", "40", "--no-wheels")
     assert out.count("call ") == 3 and "MiB" in out
     parts = sorted(p.name for p in (tmp_path / "g").iterdir())
@@ -39,6 +36,7 @@ def test_parts_unpack_to_the_exact_images(tmp_path, cifar10):
     data = tmp_path / "g" / "data"
     x = np.concatenate([np.load(data / n) for n in
                         ("train_0_83.npy", "train_83_166.npy", "train_166_250.npy")])
+    cifar10 = np.load(cifar10)
     np.testing.assert_array_equal(x, cifar10["x_train"][:250])
     np.testing.assert_array_equal(np.load(data / "train_83_166_labels.npy"),
                                   cifar10["y_train"][83:166])

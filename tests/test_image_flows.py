@@ -2,7 +2,6 @@
 
 import inspect
 import math
-import pathlib
 
 import numpy as np
 import keras
@@ -11,9 +10,9 @@ from keras import ops
 
 import keras_flows as kf
 from cross_backend import on_other_backends
+from real_data import dataset_file
 from keras_flows.layers.preprocessing import Dequantize
 
-MNIST = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist.npz"
 
 
 def numpy(x):
@@ -22,7 +21,7 @@ def numpy(x):
 
 @pytest.fixture(scope="module")
 def mnist():
-    x_train, y_train, x_test, y_test = kf.datasets.load_arrays("mnist", path=str(MNIST))
+    x_train, y_train, x_test, y_test = kf.datasets.load_arrays("mnist", path=dataset_file("mnist"))
     return x_train, y_train.astype("int32"), x_test, y_test.astype("int32")
 
 
@@ -236,7 +235,7 @@ def test_the_same_glow_weights_give_the_same_bits_per_dim_on_every_backend(mnist
 
 @pytest.mark.parametrize("model", ["Glow", "RealNVP"])
 def test_fit_on_real_cifar10_through_the_tf_data_pipeline(model):
-    cifar10 = MNIST.parent / "cifar10.npz"
+    cifar10 = dataset_file("cifar10")
     train, test = kf.datasets.load("cifar10", batch_size=16, path=str(cifar10), seed=0,
                                    flip=True, drop_remainder=True)
     if model == "Glow":

@@ -16,9 +16,9 @@ from keras_flows import presets
 from keras_flows.presets import PresetError
 from keras_flows.presets.download import sha256_of
 from keras_flows.train import check_subset
+from real_data import dataset_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DATASETS = ROOT.parent / "shared" / "datasets"
 FAMILY_CLASS = {"glow": kf.Glow, "realnvp": kf.RealNVP, "maf": kf.MAF, "nsf": kf.NSF}
 IMAGE_PRESETS = [n for n, e in presets.MANIFEST.items() if "test_bits_per_dim" in e]
 
@@ -64,7 +64,7 @@ def test_image_preset_loads_offline_and_scores_its_recorded_check_figure(name, m
     assert type(flow).__name__ == entry["class_name"]
     assert flow.count_params() == entry["parameters"]
     metadata = json.loads((ROOT / "keras_flows" / "pretrained" / name / "metadata.json").read_text())
-    with np.load(DATASETS / f"{metadata['dataset']}.npz") as data:
+    with np.load(dataset_file(metadata["dataset"])) as data:
         x_test = data["x_test"]
     images = x_test[check_subset(len(x_test))].reshape(-1, *flow.image_shape)
     bpd = kf.metrics.mean_bits_per_dim(flow, images)
@@ -78,7 +78,7 @@ def test_image_preset_loads_offline_and_scores_its_recorded_check_figure(name, m
 def test_fine_tuning_continues_from_the_published_weights():
     flow = kf.Glow.from_preset("mnist")
     recorded = presets.MANIFEST["glow_mnist"]["test_bits_per_dim"]
-    with np.load(DATASETS / "mnist.npz") as data:
+    with np.load(dataset_file("mnist")) as data:
         x = data["x_train"][:64, :, :, None].astype("float32")
     before = [w.copy() for w in flow.get_weights()]
     # A fresh Adamax's first step moves every weight by the full learning rate

@@ -2,7 +2,10 @@
 
 Data comes from, in order: the `path=` argument (a `keras.datasets`-style
 `.npz` or an image folder), the directory named by the `KERAS_FLOWS_DATA`
-environment variable, then tensorflow-datasets. `tf.data` feeds `fit` on all
+environment variable, then a download: tensorflow-datasets for `load`, and
+for `load_arrays` `keras.datasets`' copy of MNIST, Fashion-MNIST and
+CIFAR-10, fetched once (with its progress bar) and kept as
+`<cache>/datasets/<name>.npz` (see `download`). `tf.data` feeds `fit` on all
 three Keras backends.
 """
 
@@ -11,7 +14,7 @@ import pathlib
 
 import numpy as np
 
-__all__ = ["load", "load_arrays", "IMAGE_DATASETS"]
+__all__ = ["load", "load_arrays", "download", "npz_file", "IMAGE_DATASETS"]
 
 # name -> (tfds name, tfds test split, channels, spatial size after preprocessing)
 _SPECS = {
@@ -28,6 +31,9 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _CELEBA_CROP = 148
 _TFDS_SHUFFLE_BUFFER = 10_000
 ENV_VAR = "KERAS_FLOWS_DATA"
+# Datasets `download` fetches through keras.datasets (the same arrays as the
+# .npz files this package reads).
+_KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
 
 def _check_name(name):
@@ -247,11 +253,67 @@ def _tfds_datasets(name, shuffle, seed, local_hint):
 # --------------------------------------------------------------- public
 
 
-def load_arrays(name, path=None):
-    """Loads a dataset from local files as numpy arrays.
+def download(name):
+    """The path of `<cache>/datasets/<name>.npz`, downloaded once.
 
-    Same local sources as `load` (`path=`, then `KERAS_FLOWS_DATA`), never
-    tensorflow-datasets.
+    The arrays come from `keras.datasets` (its progress bar; its own copy in
+    `~/.keras/datasets`) and are written with `x_train`, `y_train`, `x_test`,
+    `y_test` through a temporary file renamed into place, so an interrupted
+    download leaves nothing behind. `<cache>` is `$KERAS_FLOWS_CACHE`, else
+    `$KERAS_HOME/keras_flows`. With `KERAS_FLOWS_OFFLINE=1` (or when the
+    download fails) a missing file is a `FileNotFoundError` saying what to set.
+    Only MNIST, Fashion-MNIST and CIFAR-10.
+    """
+    import keras
+
+    from keras_flows.presets.download import cache_root, offline_mode
+
+    _check_name(name)
+    if name not in _KERAS_DATASETS:
+        raise ValueError(f"download() fetches {', '.join(_KERAS_DATASETS)}; for {name!r} use "
+                         f"load() (tensorflow-datasets) or set {ENV_VAR}.")
+    target = pathlib.Path(cache_root()) / "datasets" / f"{name}.npz"
+    if target.is_file():
+        return target
+    remedy = (f"set {ENV_VAR} to a folder holding {name}.npz (keys x_train, y_train, "
+              f"x_test, y_test) or pass path=")
+    if offline_mode():
+        raise FileNotFoundError(f"{name!r} is not in the cache ({target}) and "
+                                f"KERAS_FLOWS_OFFLINE forbids downloading it: {remedy}.")
+    try:
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
+    except Exception as error:  # any failure of keras' download: urllib, HTTP, a bad file
+        raise FileNotFoundError(f"Could not download {name!r} through keras.datasets "
+                                f"({type(error).__name__}: {error}); {remedy}.") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(f"{target.stem}.part-{os.getpid()}.npz")
+    try:
+        np.savez(part, x_train=x_train, y_train=y_train.reshape(-1),
+                 x_test=x_test, y_test=y_test.reshape(-1))
+        os.replace(part, target)
+    finally:
+        if part.exists():
+            part.unlink()
+    return target
+
+
+def npz_file(name, search=()):
+    """The path of a local `<name>.npz`: `$KERAS_FLOWS_DATA`'s, else the first
+    of the folders `search` that holds one, else `download(name)`'s."""
+    folders = [os.environ[ENV_VAR]] if os.environ.get(ENV_VAR) else []
+    for folder in [*folders, *search]:
+        path = pathlib.Path(folder).expanduser() / f"{_file_stem(name)}.npz"
+        if path.is_file():
+            return path
+    return download(name)
+
+
+def load_arrays(name, path=None):
+    """Loads a dataset as numpy arrays.
+
+    Same local sources as `load` (`path=`, then `KERAS_FLOWS_DATA`), then,
+    when neither is given, `download(name)` for MNIST, Fashion-MNIST and
+    CIFAR-10; never tensorflow-datasets.
 
     Returns:
         `(x_train, y_train, x_test, y_test)`: uint8 images of shape (N, H, W, C)
@@ -259,6 +321,8 @@ def load_arrays(name, path=None):
     """
     _check_name(name)
     source = _resolve_local(name, path)
+    if source is None and name in _KERAS_DATASETS and not os.environ.get(ENV_VAR):
+        source = "npz", download(name)
     if source is None:
         where = f" ({ENV_VAR}={os.environ[ENV_VAR]} holds no {_file_stem(name)}.npz)" if os.environ.get(ENV_VAR) else ""
         raise FileNotFoundError(

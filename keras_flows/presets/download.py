@@ -142,6 +142,12 @@ def check_file(path, name=None):
     return None
 
 
+def offline_mode():
+    """Whether `KERAS_FLOWS_OFFLINE` (or `HF_HUB_OFFLINE`) forbids the network."""
+    return any(os.environ.get(v, "").strip().lower() in _TRUE
+               for v in ("KERAS_FLOWS_OFFLINE", "HF_HUB_OFFLINE"))
+
+
 def cache_root(cache_dir=None):
     """The cache directory: `cache_dir`, else `$KERAS_FLOWS_CACHE`, else
     `$KERAS_HOME/keras_flows` (KERAS_HOME defaulting to `~/.keras`)."""
@@ -216,8 +222,7 @@ def fetch(url, sha256=None, *, filename=None, cache_dir=None, offline=None, prog
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r} (for {url}).")
     if offline is None:
-        offline = any(os.environ.get(v, "").strip().lower() in _TRUE
-                      for v in ("KERAS_FLOWS_OFFLINE", "HF_HUB_OFFLINE"))
+        offline = offline_mode()
 
     problem = "is not in the cache"
     if os.path.isfile(path):
