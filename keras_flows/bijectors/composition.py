@@ -1,6 +1,7 @@
 """Composition of bijectors: `Chain` and `Invert`."""
 
 import keras
+from keras import ops
 
 from keras_flows.bijectors.base import Bijector
 
@@ -45,6 +46,8 @@ class Chain(Bijector):
         return z_shape
 
     def _forward(self, x, context=None, training=False):
+        if not self.bijectors:  # the identity
+            return x, ops.zeros(ops.shape(x)[:1], x.dtype)
         total = 0.0
         for b in self.bijectors:
             x, log_det = b.forward(x, **_context_for(b, context), training=training)
@@ -52,6 +55,8 @@ class Chain(Bijector):
         return x, total
 
     def _inverse(self, z, context=None, training=False):
+        if not self.bijectors:
+            return z, ops.zeros(ops.shape(z)[:1], z.dtype)
         total = 0.0
         for b in reversed(self.bijectors):
             z, log_det = b.inverse(z, **_context_for(b, context), training=training)
