@@ -2,8 +2,10 @@ from keras_flows.models.flow import Flow
 from keras_flows.models.glow import Glow
 from keras_flows.models.image_flow import ImageFlow
 from keras_flows.models.maf import IAF, MAF
+from keras_flows.models.manifold import ManifoldFlow
 from keras_flows.models.nice import NICE
 from keras_flows.models.nsf import NSF
 from keras_flows.models.realnvp import ImageRealNVP, RealNVP
 
 __all__ = ["Flow", "NICE", "RealNVP", "MAF", "IAF", "NSF", "ImageFlow", "Glow", "ImageRealNVP"]
+__all__ += ["ManifoldFlow"]
