@@ -89,6 +89,13 @@ CASES = {
                           _normal, _normal),
     "Planar": (lambda d: kb.Planar(seed=2, dtype=d), (3,), None, _normal, _normal),
     "Radial": (lambda d: kb.Radial(seed=2, dtype=d), (3,), None, _normal, _normal),
+    # float64: dopri5 tight enough for the 1e-6 Jacobian and 1e-9 cancellation checks;
+    # float32: rk4. Event (2,) keeps it out of PyTorch's one compiled chain of every case.
+    "ContinuousFlow": (
+        lambda d: kb.ContinuousFlow(hidden_units=(8,), dtype=d, **(
+            dict(solver="dopri5", rtol=1e-12, atol=1e-12) if d == "float64"
+            else dict(solver="rk4", steps=8))),
+        (2,), None, _normal, _normal),
     # Images (B, H, W, C): small enough for the dense Jacobian (<= 32 dims).
     "Squeeze": (lambda d: kb.Squeeze(dtype=d), (4, 4, 2), None, _normal, _normal),
     "Rescale": (lambda d: kb.Rescale(dtype=d), (2, 2, 1), None, _uniform(0.5, 255.5),

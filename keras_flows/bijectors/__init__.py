@@ -3,6 +3,7 @@
 from keras_flows.bijectors.autoregressive import MaskedAutoregressive
 from keras_flows.bijectors.base import Bijector
 from keras_flows.bijectors.composition import Chain, Invert
+from keras_flows.bijectors.continuous import ContinuousFlow
 from keras_flows.bijectors.conv import InvertibleConv1x1
 from keras_flows.bijectors.coupling import AdditiveCoupling, AffineCoupling, Coupling
 from keras_flows.bijectors.elementwise import ElementwiseAffine, Sigmoid, Tanh
@@ -24,7 +25,7 @@ __all__ = [
     "LULinear", "InvertibleConv1x1",
     "ActNorm", "BatchNorm",
     "RandomPermutation", "Reverse",
-    "Planar", "Radial",
+    "Planar", "Radial", "ContinuousFlow",
     "Squeeze",
     "Rescale", "LogitTransform",
     "Calibration", "GeneralizedCalibration",

@@ -1,3 +1,4 @@
+from keras_flows.models.ffjord import FFJORD
 from keras_flows.models.flow import Flow
 from keras_flows.models.glow import Glow
 from keras_flows.models.image_flow import ImageFlow
@@ -7,5 +8,5 @@ from keras_flows.models.nice import NICE
 from keras_flows.models.nsf import NSF
 from keras_flows.models.realnvp import ImageRealNVP, RealNVP
 
-__all__ = ["Flow", "NICE", "RealNVP", "MAF", "IAF", "NSF", "ImageFlow", "Glow", "ImageRealNVP"]
-__all__ += ["ManifoldFlow"]
+__all__ = ["Flow", "NICE", "RealNVP", "MAF", "IAF", "NSF", "FFJORD", "ImageFlow", "Glow",
+           "ImageRealNVP", "ManifoldFlow"]

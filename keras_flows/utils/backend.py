@@ -124,7 +124,9 @@ def vjp(f, x, v):
       that does not (data, a constant) is replaced by a detached leaf copy
       with `requires_grad_()`, so the caller's tensor is never modified. If
       gradients were disabled on entry, the results are detached: nothing is
-      kept that no one will differentiate.
+      kept that no one will differentiate. Under `torch.compile` (a
+      `jit_compile=True` step) it runs outside the compiled graph, since
+      aot_autograd has no double backward.
 
     Where `f(x)` does not depend on `x`, the product is zeros.
     """
@@ -153,8 +155,17 @@ def vjp(f, x, v):
                for vi in vs]
         del tape
     elif backend == "torch":
-        import torch
+        y, out = _torch_vjp(f, x, vs)
+    else:
+        raise NotImplementedError(f"`vjp` has no form for the {backend!r} backend.")
+    return y, (out if many else out[0])
 
+
+def _torch_vjp(f, x, vs):
+    import torch
+
+    @torch.compiler.disable
+    def products(x, vs):
         keep = torch.is_grad_enabled()
         x = ops.convert_to_tensor(x)
         with torch.enable_grad():
@@ -170,9 +181,9 @@ def vjp(f, x, v):
         out = [torch.zeros_like(x) if g is None else g for g in out]
         if not keep:
             y, out = y.detach(), [g.detach() for g in out]
-    else:
-        raise NotImplementedError(f"`vjp` has no form for the {backend!r} backend.")
-    return y, (out if many else out[0])
+        return y, out
+
+    return products(x, vs)
 
 
 def fori_loop(lower, upper, body, init):
