@@ -284,3 +284,70 @@ def test_identity_flow_is_its_base():
     expected = [stats.dirichlet([1.5, 2.0, 0.7]).logpdf(row) for row in rows]
     np.testing.assert_allclose(numpy(flow.log_prob(x)), expected, rtol=1e-5, atol=1e-5)
     assert json.loads(json.dumps(flow.get_config()))["manifold"] == "simplex"
+
+
+# -- a mixture of von Mises-Fisher distributions (issue #11, item 6) ----------------
+
+MIXTURE_DIRECTIONS = unit([[1.0, 0.0, 0.3], [-0.5, 0.8, -0.2], [-0.3, -0.6, 0.8]])
+MIXTURE_CONCENTRATIONS = (8.0, 12.0, 6.0)
+MIXTURE_WEIGHTS = (0.4, 0.35, 0.25)
+
+
+def mixture_sample(n, seed):
+    rng = np.random.default_rng(seed)
+    component = rng.choice(len(MIXTURE_WEIGHTS), size=n, p=MIXTURE_WEIGHTS)
+    x = np.empty((n, 3))
+    for j, (mu, kappa) in enumerate(zip(MIXTURE_DIRECTIONS, MIXTURE_CONCENTRATIONS)):
+        rows = component == j
+        x[rows] = stats.vonmises_fisher(mu, kappa).rvs(rows.sum(), random_state=rng)
+    return x
+
+
+def mixture_log_prob(x):
+    x = unit(x)
+    terms = [math.log(w) + stats.vonmises_fisher(mu, kappa).logpdf(x) for w, mu, kappa in
+             zip(MIXTURE_WEIGHTS, MIXTURE_DIRECTIONS, MIXTURE_CONCENTRATIONS)]
+    return np.logaddexp.reduce(terms, axis=0)
+
+
+def test_sphere_flow_fits_a_von_mises_fisher_mixture_to_its_entropy():
+    """Issue #11, item 6: a chain of 12 NormalizedAffine maps on a vMF base,
+    fitted by `fit` (800 Adam steps, cosine-decayed from 0.05) to 10,000
+    samples of a three-component vMF mixture on S^2 (concentrations 8, 12, 6),
+    has a held-out mean NLL (20,000 fresh points) within 0.05 nats of the
+    mixture's entropy H = -E[log p].
+
+    H by Monte Carlo with scipy on 200,000 other fresh samples: 1.7114,
+    standard error 0.0022 (asserted below 0.005); the held-out mean's own
+    sampling error is about 0.005. The gap is also measured directly: the
+    held-out mean of log p(x) - log q(x), a Monte Carlo estimate of
+    KL(p || q) with standard error ~0.002, must be above -3 standard errors
+    and below 0.05. Measured KL with this budget: jax 0.036, tensorflow 0.034,
+    torch 0.040 (nats; 7-13 s, 12 s, 79-224 s on a shared 2-core machine); with 500
+    steps it was 0.04-0.055 (torch above 0.05), so the budget is not cut.
+    """
+    entropy_sample = mixture_log_prob(mixture_sample(200_000, 10))
+    entropy = -entropy_sample.mean()
+    entropy_error = entropy_sample.std() / math.sqrt(len(entropy_sample))
+    assert entropy_error < 0.005
+    train = mixture_sample(10_000, 11).astype("float32")
+    test = mixture_sample(20_000, 12)
+    layers = [kb.NormalizedAffine(
+        dim=3, matrix_initializer=keras.initializers.RandomNormal(0.0, 0.3, seed=i),
+        translation_initializer=keras.initializers.RandomNormal(0.0, 0.3, seed=100 + i))
+        for i in range(12)]
+    flow = kf.ManifoldFlow(kb.Chain(layers), base=kf.VonMisesFisher(3, concentration=1.0),
+                           manifold="sphere")
+    epochs, batch_size = 80, 1000
+    schedule = keras.optimizers.schedules.CosineDecay(0.05, epochs * len(train) // batch_size)
+    flow.compile(optimizer=keras.optimizers.Adam(schedule))
+    keras.utils.set_random_seed(0)
+    flow.fit(train, batch_size=batch_size, epochs=epochs, verbose=0)
+    fitted = numpy(flow.log_prob(test.astype("float32"))).astype("float64")
+    nll = -fitted.mean()
+    kl = mixture_log_prob(test) - fitted
+    kl_error = kl.std() / math.sqrt(len(kl))
+    print(f"entropy {entropy:.4f} (MC SE {entropy_error:.4f}); held-out NLL {nll:.4f}; "
+          f"gap {nll - entropy:.4f}; KL {kl.mean():.4f} (SE {kl_error:.4f})")
+    assert abs(nll - entropy) < 0.05, (nll, entropy, entropy_error)
+    assert -3 * kl_error < kl.mean() < 0.05, (kl.mean(), kl_error)
