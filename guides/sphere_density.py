@@ -260,7 +260,7 @@ def main():
                "layers": args.layers, "train_size": args.train_size,
                **{k: v if isinstance(v, int) else round(float(v), 5)
                   for k, v in {**sphere, **calibrated}.items()},
-               "figures": [str(sphere_png), str(reliability_png)]}
+               "pictures": [str(sphere_png), str(reliability_png)]}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results))
 

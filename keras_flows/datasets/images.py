@@ -153,9 +153,19 @@ def _folder_datasets(name, root, shuffle=False, seed=None):
     train, test = _folder_files(root / "train"), _folder_files(root / "test")
     index = _class_index(train[1] + test[1])
 
+    # decode_image has no static size, which a traced training step needs:
+    # batches hold one size, so the first file's (after preprocessing) is every file's.
+    if name == "celeb_a":
+        size = _SPECS[name][3]
+    else:
+        from PIL import Image
+
+        with Image.open(train[0][0]) as first:
+            size = first.size[::-1]
+
     def decode(file, label):
         image = tf.io.decode_image(tf.io.read_file(file), channels=channels, expand_animations=False)
-        return _preprocess(name, image), label
+        return tf.ensure_shape(_preprocess(name, image), (*size, channels)), label
 
     def make(files, classes, shuffle):
         labels = np.array([index.get(c, 0) for c in classes], np.int32)
