@@ -18,21 +18,6 @@ __all__ = ["inpaint", "save_inpainting_grid", "METHODS"]
 METHODS = ("map", "langevin")
 
 
-def _image_log_prob(flow, y):
-    """log p(y) of an `ImageFlow` at continuous values y in [0, 2^n_bits),
-    the dequantized scale: its `log_prob` without the dequantization (which
-    floors the pixels and so has no gradient)."""
-    h, total = flow.preprocess.forward(y)
-    for index, level in enumerate(flow.levels):
-        h, log_det = level.forward(h)
-        total = total + log_det
-        if index < len(flow.split_priors):
-            c = h.shape[-1] // 2
-            z, h = h[..., :c], h[..., c:]
-            total = total + flow.split_priors[index].log_prob(z, h)
-    return total + flow.top_prior.log_prob(h, None)
-
-
 class _Bounds(keras.constraints.Constraint):
     def __init__(self, low, high):
         self.low, self.high = low, high
@@ -165,7 +150,7 @@ def inpaint(flow, images, mask, steps=300, seed=0, method="map", step_size=None)
         bounds, jitter = (1e-3, bins - 1e-3), bins / 64.0
         middle = bins / 2.0
         default_step = bins / 64.0 if method == "map" else (bins / 256.0) ** 2 / 4.0
-        log_prob = lambda y: _image_log_prob(flow, y)  # noqa: E731
+        log_prob = flow.continuous_log_prob
     else:
         observed, bounds = x, None
         middle = 0.0

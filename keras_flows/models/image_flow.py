@@ -117,6 +117,12 @@ class ImageFlow(Flow):
 
     def _log_prob(self, x, context=None, training=False, noise=None):
         y = self.dequantize(x, training=training, noise=noise)
+        return self.continuous_log_prob(y, context, training=training)
+
+    def continuous_log_prob(self, y, context=None, training=False):
+        """log p(y) of continuous values y on the dequantized scale [0, 2^n_bits)
+        (a tensor, differentiable in y): `log_prob` without its dequantization,
+        which maps pixels to bins and so has no gradient."""
         h, total = self.preprocess.forward(y)
         for index, level in enumerate(self.levels):
             h, log_det = level.forward(h, training=training)
