@@ -1,5 +1,6 @@
 """The bijector contract shared by every transform in keras_flows."""
 
+import numpy as np
 import keras
 from keras import ops
 
@@ -16,6 +17,27 @@ def sum_except_batch(x):
     if len(x.shape) == 1:
         return x
     return ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)
+
+
+def num_positions(x):
+    """prod(shape[1:-1]): event positions sharing one channel's parameters.
+
+    1 for vectors `(B, D)`, `H * W` for images `(B, H, W, C)`. A Python number
+    when the shape is static, else a tensor of `x`'s dtype.
+    """
+    dims = x.shape[1:-1]
+    if all(d is not None for d in dims):
+        return float(np.prod(dims, dtype=np.int64)) if dims else 1.0
+    n = ops.cast(1, x.dtype)
+    for i in range(1, len(x.shape) - 1):
+        n = n * ops.cast(ops.shape(x)[i], x.dtype)
+    return n
+
+
+def per_example(x, value):
+    """Broadcasts the scalar `value` to shape `(batch,)` of `x`."""
+    first = x[(slice(None),) + (0,) * (len(x.shape) - 1)]
+    return ops.ones_like(first) * value
 
 
 def serialize_sublayers(**layers):

@@ -4,8 +4,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from keras_flows.bijectors.base import Bijector
-from keras_flows.bijectors.normalization import _num_positions, _per_example
+from keras_flows.bijectors.base import Bijector, num_positions, per_example
 
 
 def _random_rotation(dim, seed):
@@ -164,7 +163,7 @@ class InvertibleConv1x1(Bijector):
             # compiles and differentiates (to W^-T) on every backend.
             r = ops.qr(ops.convert_to_tensor(self.kernel))[1]
             per_position = ops.sum(ops.log(ops.abs(ops.diagonal(r))))
-        return _per_example(x, _num_positions(x) * ops.cast(per_position, x.dtype))
+        return per_example(x, num_positions(x) * ops.cast(per_position, x.dtype))
 
     def _forward(self, x, context=None, training=False):
         z = ops.einsum("...j,ij->...i", x, self.weight(x.dtype))

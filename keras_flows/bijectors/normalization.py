@@ -1,36 +1,14 @@
 """Normalization bijectors: `ActNorm` (Glow) and `BatchNorm` (RealNVP)."""
 
-import numpy as np
 import keras
 from keras import ops
 
-from keras_flows.bijectors.base import Bijector
+from keras_flows.bijectors.base import Bijector, num_positions, per_example
 
 
 def _channel_axes(x):
     """Every axis but the last (channel) one: the axes statistics run over."""
     return tuple(range(len(x.shape) - 1))
-
-
-def _num_positions(x):
-    """prod(shape[1:-1]): event positions sharing one channel's parameters.
-
-    1 for vectors `(B, D)`, `H * W` for images `(B, H, W, C)`. A Python number
-    when the shape is static, else a tensor of `x`'s dtype.
-    """
-    dims = x.shape[1:-1]
-    if all(d is not None for d in dims):
-        return float(np.prod(dims, dtype=np.int64)) if dims else 1.0
-    n = ops.cast(1, x.dtype)
-    for i in range(1, len(x.shape) - 1):
-        n = n * ops.cast(ops.shape(x)[i], x.dtype)
-    return n
-
-
-def _per_example(x, value):
-    """Broadcasts the scalar `value` to shape `(batch,)` of `x`."""
-    first = x[(slice(None),) + (0,) * (len(x.shape) - 1)]
-    return ops.ones_like(first) * value
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -128,7 +106,7 @@ class ActNorm(Bijector):
         return bias, log_scale
 
     def _log_det(self, x, log_scale):
-        return _per_example(x, _num_positions(x) * ops.sum(log_scale))
+        return per_example(x, num_positions(x) * ops.sum(log_scale))
 
     def _forward(self, x, context=None, training=False):
         bias, log_scale = self._params(x, bool(training))
@@ -228,14 +206,14 @@ class BatchNorm(Bijector):
             mean, var = self._moving(dtype)
         log_scale = self._log_scale(x, var)
         z = (x - mean) * ops.exp(log_scale) + ops.cast(self.beta, dtype)
-        log_det = _per_example(x, _num_positions(x) * ops.sum(log_scale))
+        log_det = per_example(x, num_positions(x) * ops.sum(log_scale))
         return z, log_det
 
     def _inverse(self, z, context=None, training=False):
         mean, var = self._moving(z.dtype)
         log_scale = self._log_scale(z, var)
         x = (z - ops.cast(self.beta, z.dtype)) * ops.exp(-log_scale) + mean
-        log_det = _per_example(z, _num_positions(z) * ops.sum(log_scale))
+        log_det = per_example(z, num_positions(z) * ops.sum(log_scale))
         return x, -log_det
 
     def get_config(self):
