@@ -110,12 +110,11 @@ class MaskedDense(Dense):
                              f"{self.kernel_mask.shape[0]} rows; the input has "
                              f"{input_shape[-1]} features.")
         super().build(input_shape)
+        self._mask_tensor = constant(self.kernel_mask, dtype=self.variable_dtype)
 
     def _kernel(self):
         kernel = keras.ops.convert_to_tensor(self.kernel)  # autocast to the compute dtype
-        # The mask becomes a tensor in the caller's trace (one made in `build`
-        # would leak out of a JAX trace that happened to build the layer).
-        return kernel * constant(self.kernel_mask, dtype=kernel.dtype)
+        return kernel * keras.ops.cast(self._mask_tensor, kernel.dtype)
 
     def get_config(self):
         config = super().get_config()
