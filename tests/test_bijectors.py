@@ -96,6 +96,12 @@ CASES = {
             dict(solver="dopri5", rtol=1e-12, atol=1e-12) if d == "float64"
             else dict(solver="rk4", steps=8))),
         (2,), None, _normal, _normal),
+    # Exact log-det at inference (the checks' training=False); 10 power
+    # iterations per call keep Lip(g) < 1 after the weights are randomised.
+    "ResidualBlock": (
+        lambda d: kb.ResidualBlock(hidden_units=(8,), power_iterations=10, seed=0, dtype=d,
+                                   inverse_atol=1e-10 if d == "float64" else 1e-6),
+        (3,), None, _normal, _normal),
     # Images (B, H, W, C): small enough for the dense Jacobian (<= 32 dims).
     "Squeeze": (lambda d: kb.Squeeze(dtype=d), (4, 4, 2), None, _normal, _normal),
     "Rescale": (lambda d: kb.Rescale(dtype=d), (2, 2, 1), None, _uniform(0.5, 255.5),

@@ -14,6 +14,7 @@ from keras_flows.bijectors.planar import Planar
 from keras_flows.bijectors.preprocessing import LogitTransform, Rescale
 from keras_flows.bijectors.radial import Radial
 from keras_flows.bijectors.reshape import Squeeze
+from keras_flows.bijectors.residual import ResidualBlock
 from keras_flows.bijectors.simplex import Calibration, GeneralizedCalibration
 from keras_flows.bijectors.sphere import (NormalizedAffine, NormalizedLinear,
                                           NormalizedTranslation)
@@ -25,7 +26,7 @@ __all__ = [
     "LULinear", "InvertibleConv1x1",
     "ActNorm", "BatchNorm",
     "RandomPermutation", "Reverse",
-    "Planar", "Radial", "ContinuousFlow",
+    "Planar", "Radial", "ContinuousFlow", "ResidualBlock",
     "Squeeze",
     "Rescale", "LogitTransform",
     "Calibration", "GeneralizedCalibration",
