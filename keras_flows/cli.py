@@ -8,6 +8,7 @@
     keras-flows export cifar10 ./saved_model
     keras-flows export cifar10 ./onnx --format onnx
     keras-flows inpaint mnist --images 8 --mask center --steps 300 --out inpaint.png
+    keras-flows evaluate cifar10 --fid --is --pr --bpd --num 10000 --json figures.json
 
 A PRESET is a built-in name (`keras-flows list`), a preset directory or
 archive, `hf://ORG/REPO` or an https:// URL. The backend is KERAS_BACKEND's.
@@ -36,6 +37,20 @@ def _is_image_flow(flow):
     from keras_flows.models.image_flow import ImageFlow
 
     return isinstance(flow, ImageFlow)
+
+
+def _dataset(preset):
+    """The preset's metadata "dataset": an image dataset's name, or for toy data
+    a dict (name, test_size, test_seed, ...)."""
+    from keras_flows.presets import preset_files
+
+    _, paths = preset_files(preset, None, load_weights=False)
+    with open(paths["metadata.json"]) as f:
+        return json.load(f).get("dataset")
+
+
+def _dataset_name(dataset):
+    return dataset.get("name") if isinstance(dataset, dict) else dataset
 
 
 def _labels(flow, label, n):
@@ -235,12 +250,8 @@ def cmd_inpaint(args):
         images = images[:args.images]
     else:
         from keras_flows import datasets
-        from keras_flows.presets import preset_files
 
-        _, paths = preset_files(args.preset, None, load_weights=False)
-        with open(paths["metadata.json"]) as f:
-            dataset = json.load(f).get("dataset")
-        dataset = dataset.get("name") if isinstance(dataset, dict) else dataset
+        dataset = _dataset_name(_dataset(args.preset))
         if dataset not in datasets.IMAGE_DATASETS:
             raise SystemExit(f"error: this preset names no known dataset ({dataset!r}): "
                              "give image FILES to complete.")
@@ -254,6 +265,214 @@ def cmd_inpaint(args):
     error = np.sqrt(np.mean((filled - images)[np.broadcast_to(mask, images.shape) > 0] ** 2))
     print(f"wrote {len(images)} originals, masked inputs and completions to {args.out} "
           f"(RMS error of the filled pixels: {error:.2f})")
+
+
+SAMPLE_FIGURES = ("fid", "is", "pr")
+
+
+def _feature_model(path, batch_size):
+    """`evaluate --features`: None (InceptionV3) or a saved Keras model, wrapped
+    as an `InceptionFeatures` taking `batch_size` images per call."""
+    import keras
+
+    from keras_flows.evaluation import InceptionFeatures
+
+    if path in (None, "inception"):
+        try:
+            return InceptionFeatures(batch_size=batch_size)
+        except RuntimeError as err:
+            cause = err.__cause__ or err
+            reason = " ".join(str(cause).split())
+            reason = reason if len(reason) <= 160 else reason[:157] + "..."
+            raise SystemExit(
+                "error: the ImageNet weights of keras.applications.InceptionV3 could not be "
+                f"downloaded ({type(cause).__name__}: {reason}); put "
+                "inception_v3_weights_tf_dim_ordering_tf_kernels.h5 in ~/.keras/models/ or "
+                "pass --features PATH.keras, a saved Keras model taking images scaled to "
+                "[-1, 1] and giving features (or [features, logits] for --is).") from None
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: --features {path}: no such file; pass 'inception' or a "
+                         "saved Keras model (.keras).")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as err:
+        message = " ".join(str(err).split())
+        raise SystemExit(f"error: --features {path} is not a Keras model load_model can "
+                         f"read ({type(err).__name__}: {message[:200]}).") from None
+    if not isinstance(model, keras.Model) or len(model.inputs) != 1:
+        raise SystemExit(f"error: --features {path}: the model must take one input, images "
+                         "(B, H, W, C) scaled to [-1, 1].")
+    return InceptionFeatures(model=model, batch_size=batch_size)
+
+
+def _image_features(images, features, logits, unit):
+    """(features, logits or None) of the images an iterator of batches gives,
+    with a progress bar over `images`' count."""
+    import keras
+
+    count, batches = images
+    bar = keras.utils.Progbar(count, unit_name=unit)
+    parts = []
+    for batch in batches:
+        f, l = features.features_and_logits(batch)
+        parts.append((f, l if logits else None))
+        bar.add(len(f))
+    feats = np.concatenate([f for f, _ in parts])
+    return feats, np.concatenate([l for _, l in parts]) if logits else None
+
+
+def _sample_batches(flow, args):
+    """The samples of `keras-flows sample` with the same --seed and --batch-size."""
+    import keras
+
+    labels = _labels(flow, None, args.num)
+    seed = keras.random.SeedGenerator(args.seed)
+    for start in range(0, args.num, args.batch_size):
+        n = min(args.batch_size, args.num - start)
+        context = None if labels is None else labels[start:start + n]
+        yield np.asarray(keras.ops.convert_to_numpy(
+            flow.sample(n, context=context, temperature=args.temperature, seed=seed)))
+
+
+def _real_images(dataset, args):
+    """The first --num test images of the preset's dataset and their labels."""
+    from keras_flows import datasets
+
+    try:
+        _, _, x_test, y_test = datasets.load_arrays(dataset, path=args.data)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {' '.join(str(err).split())}"
+                         f"{'' if args.data else ' (or pass --data a .npz or an image folder)'}"
+                         ) from None
+    if args.num > len(x_test):
+        raise SystemExit(f"error: --num {args.num} exceeds the {len(x_test)} test images of "
+                         f"{dataset}.")
+    return x_test[:args.num], y_test[:args.num]
+
+
+def _vector_nll(flow, spec, args):
+    """Mean -log p in nats of the first --num points of the preset's toy test set
+    (`spec`: its metadata's dataset)."""
+    import keras
+    from keras import ops
+
+    from keras_flows import datasets
+
+    if not isinstance(spec, dict) or spec.get("name") not in datasets.TOY_DENSITIES:
+        raise SystemExit(f"error: this preset's dataset ({spec!r}) is neither an image "
+                         "dataset nor a toy density: evaluate has no test data for it.")
+    if args.num > spec["test_size"]:
+        raise SystemExit(f"error: --num {args.num} exceeds the {spec['test_size']} points of "
+                         f"the preset's test set.")
+    points = datasets.toy(spec["name"], spec["test_size"], seed=spec["test_seed"])[:args.num]
+    values, bar = [], keras.utils.Progbar(args.num, unit_name="point")
+    for start in range(0, args.num, args.batch_size):
+        batch = points[start:start + args.batch_size]
+        values.append(ops.convert_to_numpy(flow.log_prob(batch)))
+        bar.add(len(batch))
+    return -float(np.mean(np.concatenate(values)))
+
+
+def cmd_evaluate(args):
+    import keras
+    from keras import ops
+
+    from keras_flows.evaluation import FID, inception_score, precision_recall
+
+    wanted = [name for name in ("fid", "is", "pr", "bpd") if getattr(args, name)]
+    if not wanted:
+        raise SystemExit("error: name the figures to compute: one or more of --fid, --is, "
+                         "--pr, --bpd.")
+    sampled = [name for name in wanted if name in SAMPLE_FIGURES]
+    for option, value, needs in (("--features", args.features, sampled),
+                                 ("--temperature", args.temperature, sampled),
+                                 ("--k", args.k, "pr" in wanted)):
+        if value is not None and not needs:
+            raise SystemExit(f"error: {option} is used by "
+                             f"{'--pr' if option == '--k' else '--fid, --is and --pr'} only.")
+    k = 3 if args.k is None else args.k
+    if "pr" in wanted and args.num <= k:
+        raise SystemExit(f"error: --pr with --k {k} needs --num above {k}.")
+    if "fid" in wanted and args.num < 2:
+        raise SystemExit("error: --fid needs --num of at least 2.")
+    args.temperature = 1.0 if args.temperature is None else args.temperature
+
+    flow = _load(args.preset)
+    spec = _dataset(args.preset)
+    dataset = _dataset_name(spec)
+    image = _is_image_flow(flow)
+    if not image:
+        if sampled:
+            raise SystemExit(f"error: {', '.join('--' + n for n in sampled)} compare "
+                             "images; this preset models vectors of shape "
+                             f"{tuple(flow.event_shape)} (--bpd gives its test NLL).")
+        if args.data is not None:
+            raise SystemExit("error: --data is for image presets; a vector preset's test "
+                             "points are drawn from its toy density.")
+    results = {"preset": args.preset, "num": args.num, "seed": args.seed,
+               "batch_size": args.batch_size}
+    lines = []
+    if sampled:
+        features = _feature_model(args.features, args.batch_size)
+        channels = flow.event_shape[-1]
+        if channels not in (1, features.channels):
+            raise SystemExit(f"error: the feature model takes {features.channels}-channel "
+                             f"images; this preset's have {channels}.")
+        model = features.model
+        if "is" in wanted and isinstance(model, keras.Model) and len(model.outputs) < 2:
+            raise SystemExit("error: --is needs a feature model giving [features, logits]; "
+                             "this one gives features only.")
+    if "fid" in wanted or "pr" in wanted or (image and "bpd" in wanted):
+        real, labels = _real_images(dataset, args)
+    if sampled:
+        results.update(features=args.features or "inception", temperature=args.temperature)
+        fake, logits = _image_features((args.num, _sample_batches(flow, args)), features,
+                                       "is" in wanted, "sample")
+    if "fid" in wanted or "pr" in wanted:
+        batches = (real[i:i + args.batch_size] for i in range(0, args.num, args.batch_size))
+        real_features, _ = _image_features((args.num, batches), features, False, "image")
+    if "fid" in wanted:
+        fid = FID(features=features)
+        fid.update_features(real_features)
+        fid.update_features(fake, fake=True)
+        results["fid"] = fid.result()
+        lines.append(f"FID: {results['fid']:.4f} ({fid.num_fake} samples against "
+                     f"{fid.num_real} {dataset} test images)")
+    if "is" in wanted:
+        splits = min(10, args.num)
+        mean, std = inception_score(logits=logits, splits=splits)
+        results["inception_score"] = {"mean": mean, "std": std, "splits": splits}
+        lines.append(f"Inception Score: {mean:.4f} +- {std:.4f} ({args.num} samples, "
+                     f"{splits} splits)")
+    if "pr" in wanted:
+        precision, recall = precision_recall(real_features, fake, k=k)
+        results.update(precision=precision, recall=recall, k=k)
+        lines.append(f"precision: {precision:.4f}, recall: {recall:.4f} (k={k}; {args.num} "
+                     f"samples against {args.num} {dataset} test images)")
+    if "bpd" in wanted and image:
+        context = labels if getattr(flow, "num_classes", None) is not None else None
+        seed = keras.random.SeedGenerator(args.seed)
+        values, bar = [], keras.utils.Progbar(args.num, unit_name="image")
+        for start in range(0, args.num, args.batch_size):
+            batch = real[start:start + args.batch_size]
+            values.append(ops.convert_to_numpy(flow.bits_per_dim(
+                batch, None if context is None else context[start:start + len(batch)],
+                num_samples=1, seed=seed)))
+            bar.add(len(batch))
+        results["bits_per_dim"] = float(np.mean(np.concatenate(values)))
+        lines.append(f"bits/dim: {results['bits_per_dim']:.4f} ({args.num} {dataset} test "
+                     "images, one uniform dequantization each)")
+    elif "bpd" in wanted:
+        results["nll_nats"] = _vector_nll(flow, spec, args)
+        lines.append(f"NLL: {results['nll_nats']:.4f} nats ({args.num} test points of "
+                     f"{dataset})")
+    for line in lines:
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.json}")
+    return results
 
 
 def cmd_export(args):
@@ -346,6 +565,37 @@ def parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="the dataset's .npz or folder (default: KERAS_FLOWS_DATA)")
     p.add_argument("--out", default="inpaint.png")
+
+    p = command("evaluate", help="FID, Inception Score, precision/recall of samples and "
+                                 "bits/dim (or NLL) of test data",
+                description="Draws --num samples (as `sample` does with the same --seed and "
+                            "--batch-size) and compares them with the first --num test "
+                            "images of the preset's dataset. Features come from "
+                            "keras.applications.InceptionV3 (pool3 and logits; ImageNet "
+                            "weights, downloaded once) or from --features PATH.keras: a saved "
+                            "Keras model taking (B, H, W, C) images scaled to [-1, 1] (resized "
+                            "to its input size; grey images repeated to its channels) and "
+                            "giving the feature vector, or [features, logits] (needed by "
+                            "--is).")
+    p.add_argument("preset")
+    p.add_argument("--fid", action="store_true", help="Frechet distance of the features")
+    p.add_argument("--is", action="store_true", help="Inception Score of the samples (10 "
+                                                     "splits, or --num if fewer)")
+    p.add_argument("--pr", action="store_true", help="improved precision and recall "
+                                                     "(k-NN manifolds of the features)")
+    p.add_argument("--bpd", action="store_true", help="bits/dim of the test images (one "
+                                                      "uniform dequantization each; vector "
+                                                      "presets: test NLL in nats)")
+    p.add_argument("--num", type=_positive_int, default=10_000,
+                   help="samples and test images (or points) (default 10000)")
+    p.add_argument("--batch-size", type=_positive_int, default=100)
+    p.add_argument("--k", type=_positive_int, help="neighbour of --pr's radii (default 3)")
+    p.add_argument("--temperature", type=_temperature, help="latent scale of the samples "
+                                                            "(default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="the dataset's .npz or folder (default: KERAS_FLOWS_DATA)")
+    p.add_argument("--features", help="'inception' (default) or a saved Keras feature model")
+    p.add_argument("--json", help="also write the figures to this JSON file")
     return main
 
 
@@ -358,7 +608,8 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         {"list": cmd_list, "info": cmd_info, "sample": cmd_sample, "score": cmd_score,
-         "export": cmd_export, "inpaint": cmd_inpaint}[args.command](args)
+         "export": cmd_export, "inpaint": cmd_inpaint,
+         "evaluate": cmd_evaluate}[args.command](args)
     except KeyboardInterrupt:
         if args.verbose:
             raise

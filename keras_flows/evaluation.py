@@ -145,6 +145,16 @@ class InceptionFeatures:
         """Class logits, (N, C) float64; needs a model giving (features, logits)."""
         return self._extract(images, 1)
 
+    def features_and_logits(self, images):
+        """(features (N, D), logits (N, C)), float64, from one pass of the model.
+
+        The logits are None for a model that gives features only. Use this
+        where FID or precision/recall and the Inception Score are computed on
+        the same images, so each image goes through the network once.
+        """
+        outputs = self._extract(images, None)
+        return outputs[0], outputs[1] if len(outputs) > 1 else None
+
     def _outputs(self, batch):
         if isinstance(self.model, keras.Model):
             outputs = self.model.predict_on_batch(batch)
@@ -155,6 +165,8 @@ class InceptionFeatures:
         return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
     def _extract(self, images, index):
+        """Output `index` of the model for every image, or (index None) the first
+        two outputs (or the only one), each (N, ...) float64 flattened to (N, -1)."""
         num = len(images)
         if num == 0:
             raise ValueError("no images given")
@@ -162,13 +174,15 @@ class InceptionFeatures:
         results = []
         for start in range(0, num, self.batch_size):
             outputs = self._outputs(self.preprocess(images[start:start + self.batch_size]))
-            if index >= len(outputs):
+            if index is not None and index >= len(outputs):
                 raise ValueError("the feature model gives features only; inception_score "
                                  "needs a model that gives (features, logits)")
-            out = np.asarray(ops.convert_to_numpy(outputs[index]), np.float64)
-            results.append(out.reshape(out.shape[0], -1))
-            bar.add(out.shape[0])
-        return np.concatenate(results)
+            chosen = outputs[:2] if index is None else [outputs[index]]
+            chosen = [np.asarray(ops.convert_to_numpy(out), np.float64) for out in chosen]
+            results.append([out.reshape(out.shape[0], -1) for out in chosen])
+            bar.add(chosen[0].shape[0])
+        outputs = [np.concatenate(parts) for parts in zip(*results)]
+        return outputs if index is None else outputs[0]
 
 
 def _default_inception():

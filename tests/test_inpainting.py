@@ -1,4 +1,5 @@
-"""`keras_flows.inpaint`: Gaussian closed forms and a small image flow."""
+"""`keras_flows.inpaint`: Gaussian closed forms, a small image flow, and the
+glow_mnist preset on real MNIST test digits."""
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ from PIL import Image
 
 import keras_flows as kf
 from keras_flows.inpainting import inpaint, save_inpainting_grid
+from real_data import dataset_file
 
 D = 4
 MISSING, OBSERVED = [1, 3], [0, 2]
@@ -91,6 +93,27 @@ def test_image_completion_keeps_observed_pixels_and_raises_log_p(tmp_path):
     assert np.asarray(Image.open(tmp_path / "grid.png")).shape == (3 * 10 + 2, 3 * 10 + 2)
     np.testing.assert_array_equal(grid[12 + 4, 2 + 4], [128])  # a masked pixel, row 2
     np.testing.assert_array_equal(grid[2:10, 2:10, 0], images[0, ..., 0].astype(np.uint8))
+
+
+def test_glow_mnist_fills_real_digits_better_than_the_observed_mean():
+    with np.load(dataset_file("mnist")) as data:
+        images = data["x_test"][:6, :, :, None].astype("float32")
+    # Half the pixels missing at random: the observed neighbours constrain each one.
+    mask = (np.random.default_rng(0).random(images.shape) < 0.5).astype("float32")
+    missing = mask > 0
+    filled = inpaint(kf.Glow.from_preset("glow_mnist"), images, mask, steps=150, seed=0)
+    np.testing.assert_array_equal(filled[~missing], images[~missing])
+    # Baseline: each image's missing pixels set to the mean of its observed pixels
+    # (where inpaint's MAP ascent starts, up to its jitter).
+    observed_mean = np.array([image[~m].mean() for image, m in zip(images, missing)])
+    mean_fill = np.where(missing, observed_mean[:, None, None, None], images)
+    error = ((filled - images) ** 2 * missing).sum(axis=(1, 2, 3)) / missing.sum(axis=(1, 2, 3))
+    baseline = ((mean_fill - images) ** 2 * missing).sum(axis=(1, 2, 3)) / missing.sum(
+        axis=(1, 2, 3))
+    # Measured on JAX: the masked region's MSE 2248 against 4778 (0.47 of it), each
+    # digit between 0.34 and 0.63 of its baseline.
+    assert error.mean() < 0.6 * baseline.mean()
+    assert np.all(error < 0.8 * baseline)
 
 
 def test_bad_arguments_raise():

@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector, num_positions, per_example
+from keras_flows.utils.math import upcast
 
 
 def _random_rotation(dim, seed):
@@ -90,7 +91,7 @@ class InvertibleConv1x1(Bijector):
         dim = self.dim = int(channels)
         rotation = _random_rotation(dim, self.seed)
         if not self.lu:
-            self.kernel = self.add_weight(name="kernel", shape=(dim, dim),
+            self.kernel = self.add_weight(name="kernel", autocast=False, shape=(dim, dim),
                                           initializer=_constant(rotation))
             self.built = True
             return
@@ -110,11 +111,11 @@ class InvertibleConv1x1(Bijector):
             )
         if len(self.sign) != dim or any(s not in (1.0, -1.0) for s in self.sign):
             raise ValueError(f"`sign` must be {dim} values of +1 or -1; got {self.sign}.")
-        self.lower = self.add_weight(name="lower", shape=(dim, dim),
+        self.lower = self.add_weight(name="lower", autocast=False, shape=(dim, dim),
                                      initializer=_constant(np.tril(lower, -1)))
-        self.upper = self.add_weight(name="upper", shape=(dim, dim),
+        self.upper = self.add_weight(name="upper", autocast=False, shape=(dim, dim),
                                      initializer=_constant(np.triu(upper, 1)))
-        self.log_s = self.add_weight(name="log_s", shape=(dim,),
+        self.log_s = self.add_weight(name="log_s", autocast=False, shape=(dim,),
                                      initializer=_constant(np.log(np.abs(diag))))
         self.built = True
 
@@ -153,7 +154,8 @@ class InvertibleConv1x1(Bijector):
         return ops.take(lu_inverse, self._permutation(), axis=1)
 
     def _log_det(self, x):
-        # In the variables' dtype (float32 under mixed precision), then cast.
+        # In the variables' dtype: float32 under mixed precision, where the
+        # weights are not autocast (`build`) and the log-det stays float32.
         if self.lu:
             per_position = ops.sum(self.log_s)
         else:
@@ -163,7 +165,7 @@ class InvertibleConv1x1(Bijector):
             # compiles and differentiates (to W^-T) on every backend.
             r = ops.qr(ops.convert_to_tensor(self.kernel))[1]
             per_position = ops.sum(ops.log(ops.abs(ops.diagonal(r))))
-        return per_example(x, num_positions(x) * ops.cast(per_position, x.dtype))
+        return upcast(per_example(x, 1.0)) * (num_positions(x) * upcast(per_position))
 
     def _forward(self, x, context=None, training=False):
         z = ops.einsum("...j,ij->...i", x, self.weight(x.dtype))

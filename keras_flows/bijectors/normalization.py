@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector, num_positions, per_example
+from keras_flows.utils.math import upcast
 
 
 def _channel_axes(x):
@@ -106,7 +107,9 @@ class ActNorm(Bijector):
         return bias, log_scale
 
     def _log_det(self, x, log_scale):
-        return per_example(x, num_positions(x) * ops.sum(log_scale))
+        # Summed in float32 under mixed precision: N * sum(s) reaches
+        # hundreds, where bfloat16 keeps less than one digit after the point.
+        return upcast(per_example(x, 1.0)) * (num_positions(x) * ops.sum(upcast(log_scale)))
 
     def _forward(self, x, context=None, training=False):
         bias, log_scale = self._params(x, bool(training))

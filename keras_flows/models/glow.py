@@ -46,6 +46,11 @@ class Glow(ImageFlow):
         prior_scale_bound: B bounding the split priors' log-scales,
             log sigma = B tanh(a / B), or None (unbounded, the paper's); see
             `SplitPrior`.
+        remat: gradient checkpointing in training: None, "step" (each
+            ActNorm, permutation and coupling step recomputed in the
+            backward pass: the least memory) or "level" (see `ImageFlow`).
+        dtype: e.g. "mixed_bfloat16": bfloat16 compute, float32 variables,
+            log-dets and log-densities summed in float32.
 
     Reference: arXiv:1807.03039.
     """
@@ -101,6 +106,10 @@ class Glow(ImageFlow):
                 layers.append(AdditiveCoupling(hidden_channels=self.hidden_channels,
                                                dtype=dtype, name=f"coupling_{name}"))
         return Chain(layers, dtype=dtype, name=f"level_{index}")
+
+    def _steps(self, index):
+        squeeze, *rest = self.levels[index].bijectors
+        return [[squeeze]] + [rest[i:i + 3] for i in range(0, len(rest), 3)]
 
     def get_config(self):
         config = super().get_config()

@@ -45,12 +45,45 @@ class ImageFlow(Flow):
     on the spatial mean of the top latent predicts the label, and training
     minimises `bits/dim + w * (-log2 q(y | x))`; `class_logits(images)` gives
     its logits.
+
+    Memory: `remat` trades compute for memory in
+    training passes (`fit`, or calling the model with `training=True`) by
+    gradient checkpointing (`keras.remat`: `jax.checkpoint`,
+    `tf.recompute_grad`, `torch.utils.checkpoint`): only the input of each
+    checkpointed block is kept for the backward pass, and the block's
+    forward is run again there.
+
+    - `remat=None`: every activation is kept (fastest, most memory).
+    - `remat="step"`: each flow step (`_steps`; in Glow ActNorm, 1x1
+      convolution and coupling) is a block: the coupling networks' hidden
+      activations (`hidden_channels` wide, the bulk of the memory) live
+      for one step at a time; about one more forward pass of compute.
+    - `remat="level"`: each level is a block: only the level inputs are
+      kept, but the backward pass of a level holds all of its activations
+      at once, so the peak is that of the largest level (in Glow the first,
+      whose images are the largest): it saves less than `"step"`.
+
+    Remat does not change the result: each block is run statelessly
+    (`keras.StatelessScope`) and its updates of non-trainable state
+    (ActNorm's data-dependent start, BatchNorm's moving statistics) are
+    applied once, outside the checkpoint, so the recomputation has no side
+    effects. Inference (`log_prob`, `sample`, ...) never rematerialises.
+
+    Mixed precision: build with `dtype="mixed_bfloat16"` (or under
+    `keras.mixed_precision.set_dtype_policy`): variables stay float32, the
+    layers compute in bfloat16, and every log-det, log-density and the loss
+    are summed in float32 (`sum_except_batch`, `upcast`).
     """
+
+    REMAT_MODES = (None, "step", "level")
 
     def __init__(self, image_shape, levels, n_bits=8, preprocessing="scale", alpha=0.05,
                  num_classes=None, class_loss_weight=0.0, seed=None, prior_scale_bound=None,
-                 **kwargs):
+                 remat=None, **kwargs):
         keras.Model.__init__(self, **kwargs)
+        if remat not in self.REMAT_MODES:
+            raise ValueError(f"`remat` must be None, 'step' or 'level'; got {remat!r}.")
+        self.remat = remat
         self.prior_scale_bound = (None if prior_scale_bound is None
                                   else float(prior_scale_bound))
         self.image_shape = self.event_shape = tuple(int(d) for d in image_shape)
@@ -104,6 +137,35 @@ class ImageFlow(Flow):
         """The bijector of level `index` (input shape without batch)."""
         raise NotImplementedError
 
+    def _members(self, index):
+        """The bijectors of level `index` in forward order (its `Chain`'s)."""
+        level = self.levels[index]
+        return list(getattr(level, "bijectors", [level]))
+
+    def _steps(self, index):
+        """The bijectors of level `index` grouped into the steps that
+        `remat="step"` checkpoints one at a time (each member of the level
+        alone, unless a subclass groups them)."""
+        return [[b] for b in self._members(index)]
+
+    def _level_forward(self, index, h, training=False):
+        """`(h, log_det)` through level `index`, checkpointed per `remat` in
+        training passes."""
+        if not (training and self.remat):
+            return forward_through(self._members(index), h, training)
+        blocks = ([self._members(index)] if self.remat == "level"
+                  else self._steps(index))
+        total = 0.0
+        for block in blocks:
+            h, log_det = rematerialized_forward(block, h, training)
+            total = total + log_det
+        return h, total
+
+    def _level_inverse(self, index, z):
+        for b in reversed(self._members(index)):
+            z, _ = b.inverse(z)
+        return z
+
     def build(self, input_shape):
         x = ops.zeros((2, *self.image_shape), dtype=self.compute_dtype)
         y = None if self.num_classes is None else ops.zeros((2,), dtype="int32")
@@ -124,8 +186,8 @@ class ImageFlow(Flow):
         (a tensor, differentiable in y): `log_prob` without its dequantization,
         which maps pixels to bins and so has no gradient."""
         h, total = self.preprocess.forward(y)
-        for index, level in enumerate(self.levels):
-            h, log_det = level.forward(h, training=training)
+        for index in range(self.num_levels):
+            h, log_det = self._level_forward(index, h, training)
             total = total + log_det
             if index < len(self.split_priors):
                 z, h = self._split(h)
@@ -148,8 +210,8 @@ class ImageFlow(Flow):
     def _encode(self, x, context=None):
         h, _ = self.preprocess.forward(self.dequantize(x))
         latents = []
-        for index, level in enumerate(self.levels):
-            h, _ = level.forward(h)
+        for index in range(self.num_levels):
+            h, _ = self._level_forward(index, h)
             if index < len(self.split_priors):
                 z, h = self._split(h)
                 latents.append(z)
@@ -168,7 +230,7 @@ class ImageFlow(Flow):
                     z = self.split_priors[index].sample(
                         ops.shape(h), h, temperature=temperature, seed=seed)
                 h = ops.concatenate([z, h], axis=-1)
-            h, _ = self.levels[index].inverse(h)
+            h = self._level_inverse(index, h)
         y, _ = self.preprocess.inverse(h)
         if raw:
             return y
@@ -297,5 +359,54 @@ class ImageFlow(Flow):
                       n_bits=self.n_bits, preprocessing=self.preprocessing,
                       alpha=self.alpha, num_classes=self.num_classes,
                       class_loss_weight=self.class_loss_weight, seed=self.seed,
-                      prior_scale_bound=self.prior_scale_bound)
+                      prior_scale_bound=self.prior_scale_bound, remat=self.remat)
         return config
+
+
+def _unique(variables):
+    seen, unique = set(), []
+    for v in variables:
+        if id(v) not in seen:
+            seen.add(id(v))
+            unique.append(v)
+    return unique
+
+
+def forward_through(bijectors, x, training=False):
+    """`forward` through `bijectors` in order: `(z, sum of log-dets)`, each
+    log-det in float32 under mixed precision (a `Chain` would add a bfloat16
+    zero of `Squeeze` to float32 log-dets, which TensorFlow refuses)."""
+    total = 0.0
+    for b in bijectors:
+        x, log_det = b.forward(x, training=training)
+        total = total + upcast(log_det)
+    return x, total
+
+
+def rematerialized_forward(bijectors, x, training):
+    """`forward` through `bijectors` in order, checkpointed with `keras.remat`:
+    `(z, log_det)` as without it, but the backward pass recomputes the
+    intermediate activations instead of keeping them.
+
+    The block runs statelessly: the variables go in as explicit inputs (so
+    every backend differentiates through them) and the non-trainable values
+    the block assigns come out as outputs, assigned here once; the recomputed
+    forward of the backward pass then has no side effects.
+    """
+    trainable = _unique(v for b in bijectors for v in b.trainable_variables)
+    state = _unique(v for b in bijectors for v in b.non_trainable_variables)
+    variables = trainable + state
+
+    def block(x, *values):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+            x, log_det = forward_through(bijectors, x, training)
+            return (x, log_det, *[scope.get_current_value(v) for v in state])
+
+    # The state goes in as copies: the assignments below must not modify a
+    # tensor that the checkpoint saved (PyTorch checks their versions).
+    values = ([ops.convert_to_tensor(v.value) for v in trainable]
+              + [ops.copy(v.value) for v in state])
+    x, log_det, *updates = keras.remat(block)(x, *values)
+    for v, value in zip(state, updates):
+        v.assign(value)
+    return x, log_det
