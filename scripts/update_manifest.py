@@ -33,6 +33,13 @@ def table(manifest):
     rows = ["| preset | class | data | parameters | test figure | trained |",
             "| --- | --- | --- | --- | --- | --- |"]
     for name, entry in manifest.items():
+        if "url" in entry:  # released: its figures are the manifest's
+            data = entry["dataset"]
+            data = data["name"] if isinstance(data, dict) else data
+            rows.append(f"| `{name}` | {entry['class_name']} | {data} | {entry['parameters']:,}"
+                        f" | {figure(entry)} | {entry['hardware']}, {entry['date']};"
+                        f" downloaded from `{entry['url']}` |")
+            continue
         metadata = json.loads((ROOT / "keras_flows" / "pretrained" / name / "metadata.json").read_text())
         data = metadata["dataset"]
         data = data["name"] if isinstance(data, dict) else data
@@ -48,14 +55,16 @@ def table(manifest):
 
 
 def main():
-    manifest = {}
+    path = ROOT / "keras_flows" / "presets" / "manifest.json"
+    # Released presets (scripts/release_presets.py) live at their `url`, not here.
+    manifest = {name: entry for name, entry in json.loads(path.read_text()).items()
+                if "url" in entry}
     for directory in sorted((ROOT / "keras_flows" / "pretrained").iterdir()):
         if not (directory / "metadata.json").exists():
             continue
         config = json.loads((directory / "config.json").read_text())
         cls = keras.saving.get_registered_object(config["registered_name"])
         manifest[directory.name] = manifest_entry(directory, cls.preset_family)
-    path = ROOT / "keras_flows" / "presets" / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"wrote {path} with {len(manifest)} presets; the README's table:\n")
     print(table(manifest))

@@ -91,8 +91,8 @@ class InvertibleConv1x1(Bijector):
         dim = self.dim = int(channels)
         rotation = _random_rotation(dim, self.seed)
         if not self.lu:
-            self.kernel = self.add_weight(name="kernel", autocast=False, shape=(dim, dim),
-                                          initializer=_constant(rotation))
+            self.kernel = self.add_weight(name="kernel", shape=(dim, dim),
+                                          initializer=_constant(rotation), autocast=False)
             self.built = True
             return
         permutation, lower, upper = _plu(rotation)
@@ -111,12 +111,15 @@ class InvertibleConv1x1(Bijector):
             )
         if len(self.sign) != dim or any(s not in (1.0, -1.0) for s in self.sign):
             raise ValueError(f"`sign` must be {dim} values of +1 or -1; got {self.sign}.")
-        self.lower = self.add_weight(name="lower", autocast=False, shape=(dim, dim),
-                                     initializer=_constant(np.tril(lower, -1)))
-        self.upper = self.add_weight(name="upper", autocast=False, shape=(dim, dim),
-                                     initializer=_constant(np.triu(upper, 1)))
-        self.log_s = self.add_weight(name="log_s", autocast=False, shape=(dim,),
-                                     initializer=_constant(np.log(np.abs(diag))))
+        self.lower = self.add_weight(name="lower", shape=(dim, dim),
+                                     initializer=_constant(np.tril(lower, -1)),
+                                     autocast=False)
+        self.upper = self.add_weight(name="upper", shape=(dim, dim),
+                                     initializer=_constant(np.triu(upper, 1)),
+                                     autocast=False)
+        self.log_s = self.add_weight(name="log_s", shape=(dim,),
+                                     initializer=_constant(np.log(np.abs(diag))),
+                                     autocast=False)
         self.built = True
 
     def _factors(self, dtype):

@@ -73,13 +73,13 @@ class ActNorm(Bijector):
         self.bias = self.add_weight(name="bias", shape=shape, initializer="zeros")
         self.log_scale = self.add_weight(name="log_scale", shape=shape,
                                          initializer="zeros")
-        self.initial_bias = self.add_weight(name="initial_bias", shape=shape,
-                                            initializer="zeros", trainable=False)
-        self.initial_log_scale = self.add_weight(
-            name="initial_log_scale", shape=shape, initializer="zeros",
-            trainable=False)
-        self.initialized = self.add_weight(name="initialized", shape=(),
-                                           initializer="zeros", trainable=False)
+        # The state is never autocast: under mixed precision on PyTorch,
+        # Keras 3.15 assigns an autocast variable into a temporary copy.
+        state = dict(initializer="zeros", trainable=False, autocast=False)
+        self.initial_bias = self.add_weight(name="initial_bias", shape=shape, **state)
+        self.initial_log_scale = self.add_weight(name="initial_log_scale", shape=shape,
+                                                 **state)
+        self.initialized = self.add_weight(name="initialized", shape=(), **state)
         self.built = True
 
     def _stored_start(self, dtype):
@@ -180,10 +180,13 @@ class BatchNorm(Bijector):
         self.log_gamma = self.add_weight(name="log_gamma", shape=shape,
                                          initializer="zeros")
         self.beta = self.add_weight(name="beta", shape=shape, initializer="zeros")
+        # Not autocast, as ActNorm's state (assignments would be lost on PyTorch).
         self.moving_mean = self.add_weight(name="moving_mean", shape=shape,
-                                           initializer="zeros", trainable=False)
+                                           initializer="zeros", trainable=False,
+                                           autocast=False)
         self.moving_variance = self.add_weight(name="moving_variance", shape=shape,
-                                               initializer="ones", trainable=False)
+                                               initializer="ones", trainable=False,
+                                               autocast=False)
         self.built = True
 
     def _moving(self, dtype):

@@ -13,13 +13,17 @@ holding three regular files (not links):
 - a built-in name from `keras_flows/presets/manifest.json` (`glow_cifar10`),
   or its short form within a family (`Glow.from_preset("cifar10")`);
 - a local directory or archive;
-- `hf://ORG/REPO` (a Hugging Face repository holding the three files) or an
+- `hf://ORG/REPO` (a Hugging Face repository holding the three files),
+  `kaggle://OWNER/MODEL/FRAMEWORK/VARIATION/VERSION` (a Kaggle Models
+  variation version holding them, as keras-hub's handles name one), or an
   `http(s)://` URL of a directory or an archive.
 
 Built-in presets resolve, in order, to: `$KERAS_FLOWS_PRESETS_URL/<name>/`
 when that variable is set (a mirror, or a local server in tests); the
 package's own `keras_flows/pretrained/` folder (in the wheel and in a source
-checkout alike), with no network at all; the published location `hf://keras-flows/pretrained/<name>/`. Downloads are
+checkout alike), with no network at all; the manifest entry's `url` (a preset
+too large for the wheel, released with `scripts/release_presets.py`); the
+published location `hf://keras-flows/pretrained/<name>/`. Downloads are
 verified (against the manifest's sha256, or by length and content) and
 cached (see `download.fetch`).
 
@@ -95,7 +99,7 @@ def _builtin_name(preset, cls):
 
 
 def _is_remote(preset):
-    return preset.startswith(("hf://", "http://", "https://"))
+    return preset.startswith(("hf://", "kaggle://", "http://", "https://"))
 
 
 def _is_archive(path):
@@ -269,9 +273,12 @@ def _builtin_files(name, load_weights):
     if base is None and (PACKAGED / name / "config.json").exists():
         return _directory_files(PACKAGED / name, load_weights,
                                 entry["files"]["model.weights.h5"]["sha256"])
-    base = (base or PUBLISHED_URL).rstrip("/")
+    if base is not None:
+        url = f"{base.rstrip('/')}/{name}"
+    else:  # released presets (scripts/release_presets.py) name their own location
+        url = entry.get("url", f"{PUBLISHED_URL}/{name}")
     wanted = FILES if load_weights else ("config.json", "metadata.json")
-    return {f: fetch(f"{base}/{name}/{f}", entry["files"][f]["sha256"]) for f in wanted}
+    return {f: fetch(f"{url}/{f}", entry["files"][f]["sha256"]) for f in wanted}
 
 
 def _remote_files(url, load_weights):
@@ -305,7 +312,8 @@ def _find_files(preset, cls, load_weights):
     owner = getattr(cls, "__name__", "Flow")
     raise PresetError(
         f"Unknown preset {preset!r} for {owner}. Built-in presets: {names}. Or give a "
-        "preset directory, a .zip/.tar.gz archive, an hf://ORG/REPO URI or an https:// URL.")
+        "preset directory, a .zip/.tar.gz archive, an hf://ORG/REPO URI, a "
+        "kaggle://OWNER/MODEL/FRAMEWORK/VARIATION/VERSION handle or an https:// URL.")
 
 
 def preset_files(preset, cls=None, load_weights=True):

@@ -8,6 +8,8 @@ Cache layout, under the cache directory (`cache_root`):
     http(s)://HOST[:PORT]/A/B/NAME     -> HOST[_PORT]/A/B/NAME
     hf://ORG/REPO/A/NAME               -> hf/ORG/REPO/main/A/NAME
     hf://ORG/REPO@REVISION/A/NAME      -> hf/ORG/REPO/REVISION/A/NAME
+    kaggle://OWNER/MODEL/FRAMEWORK/VARIATION/VERSION/A/NAME
+                                       -> kaggle/OWNER/MODEL/FRAMEWORK/VARIATION/VERSION/A/NAME
 
 Characters other than letters, digits and `._-` become `_`; a URL with a
 query string gets one more folder, `q-<8 hex of its sha256>`, before NAME;
@@ -21,6 +23,11 @@ Environment variables:
                          unless `offline=False` is passed.
     HF_ENDPOINT          where `hf://` URLs resolve (https://huggingface.co):
                          `{HF_ENDPOINT}/ORG/REPO/resolve/REVISION/PATH`.
+    KAGGLE_API_ENDPOINT  where `kaggle://` handles resolve (https://www.kaggle.com):
+                         `{KAGGLE_API_ENDPOINT}/api/v1/models/OWNER/MODEL/FRAMEWORK/
+                         VARIATION/VERSION/download/PATH`, Kaggle Models' file
+                         download (public models need no account; with
+                         KAGGLE_USERNAME and KAGGLE_KEY set, requests carry them).
 
 Guarantees: a file at a cached path is complete and verified. It is written
 to `NAME.part-PID-XXXX` in the same folder, then checked: against `sha256`
@@ -45,6 +52,7 @@ files that are not what their name claims, `OfflineError` (a
 `ChecksumError` (a `ValueError`) for a download whose sha256 is wrong.
 """
 
+import base64
 import contextlib
 import hashlib
 import http.client
@@ -73,7 +81,8 @@ CONNECT_TIMEOUT = 30  # seconds to connect and receive the response headers
 READ_TIMEOUT = 60  # seconds without body data before a download fails
 DEADLINE = 3600  # seconds a whole download may take
 USER_AGENT = f"keras_flows/{__version__} (Python urllib {sys.version.split()[0]})"
-SCHEMES = ("http://", "https://", "hf://")
+SCHEMES = ("http://", "https://", "hf://", "kaggle://")
+KAGGLE_FORM = "kaggle://OWNER/MODEL/FRAMEWORK/VARIATION/VERSION/PATH"
 _CHUNK = 1 << 20
 _TRUE = ("1", "true", "yes", "on")
 _PART = re.compile(r".+\.part-(\d+)-\w+")  # NAME.part-PID-RANDOM, files and folders
@@ -258,7 +267,8 @@ def _resolve(url, filename, cache_dir):
     """(URL to request, cache path) for `url`."""
     if not isinstance(url, str) or not url.startswith(SCHEMES):
         raise ValueError(f"Cannot download {url!r}: the URL must start with one of "
-                         f"{', '.join(SCHEMES)} (hf://ORG/REPO[@REVISION]/PATH).")
+                         f"{', '.join(SCHEMES)} (hf://ORG/REPO[@REVISION]/PATH, "
+                         f"{KAGGLE_FORM}).")
     if url.startswith("hf://"):
         parts = url[len("hf://"):].split("/")
         if len(parts) < 3 or not all(parts):
@@ -269,6 +279,15 @@ def _resolve(url, filename, cache_dir):
         source = "/".join([endpoint, org, repo, "resolve", urllib.parse.quote(revision, safe=""),
                            *rest])
         folders, name = ["hf", org, repo, revision, *rest[:-1]], rest[-1]
+    elif url.startswith("kaggle://"):
+        parts = url[len("kaggle://"):].split("/")
+        if len(parts) < 6 or not all(parts) or not parts[4].isdigit():
+            raise ValueError(f"Cannot download {url!r}: expected {KAGGLE_FORM}, VERSION a "
+                             "number (a pinned version, so that the cache stays valid).")
+        endpoint = os.environ.get("KAGGLE_API_ENDPOINT", "https://www.kaggle.com").rstrip("/")
+        quoted = [urllib.parse.quote(p, safe="") for p in parts]
+        source = "/".join([endpoint, "api/v1/models", *quoted[:5], "download", *quoted[5:]])
+        folders, name = ["kaggle", *parts[:-1]], parts[-1]
     else:
         split = urllib.parse.urlsplit(url)
         if not split.netloc:
@@ -286,6 +305,15 @@ def _resolve(url, filename, cache_dir):
     return source, os.path.join(cache_root(cache_dir), *safe)
 
 
+def _headers(url):
+    headers = {"User-Agent": USER_AGENT}
+    user, key = os.environ.get("KAGGLE_USERNAME"), os.environ.get("KAGGLE_KEY")
+    if url.startswith("kaggle://") and user and key:
+        token = base64.b64encode(f"{user}:{key}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    return headers
+
+
 def _download(url, source, path, sha256, progress, connect, read, deadline):
     """Downloads `source` to `path` via a temporary file; see the module docstring."""
     name = os.path.basename(path)
@@ -299,7 +327,7 @@ def _download(url, source, path, sha256, progress, connect, read, deadline):
     fd, part = tempfile.mkstemp(prefix=f"{name}.part-{os.getpid()}-", dir=folder)
     try:
         try:
-            request = urllib.request.Request(source, headers={"User-Agent": USER_AGENT})
+            request = urllib.request.Request(source, headers=_headers(url))
             with os.fdopen(fd, "wb") as f, urllib.request.urlopen(
                     request, timeout=min(connect, deadline)) as r:
                 length = r.headers.get("Content-Length")
