@@ -102,6 +102,10 @@ CASES = {
         lambda d: kb.ResidualBlock(hidden_units=(8,), power_iterations=10, seed=0, dtype=d,
                                    inverse_atol=1e-10 if d == "float64" else 1e-6),
         (3,), None, _normal, _normal),
+    "ResidualBlock[image]": (
+        lambda d: kb.ResidualBlock(hidden_units=(4,), power_iterations=10, seed=0, dtype=d,
+                                   inverse_atol=1e-10 if d == "float64" else 1e-6),
+        (2, 2, 2), None, _normal, _normal),
     # Images (B, H, W, C): small enough for the dense Jacobian (<= 32 dims).
     "Squeeze": (lambda d: kb.Squeeze(dtype=d), (4, 4, 2), None, _normal, _normal),
     "Rescale": (lambda d: kb.Rescale(dtype=d), (2, 2, 1), None, _uniform(0.5, 255.5),

@@ -50,12 +50,12 @@ def test_training_calls_warm_start_the_power_iteration():
     block = ResidualBlock(hidden_units=(6,), lipschitz=0.8, seed=0, dtype="float64")
     x = np.random.default_rng(0).normal(size=(8, 3))
     block.forward(x)
-    for dense in block.dense_layers:
-        randomize(dense, 1.5, seed=3)
+    for layer in block.linear_layers:
+        randomize(layer, 1.5, seed=3)
     for _ in range(60):                               # one stored update per training call
         block.forward(x, training=True)
-    for dense in block.dense_layers:
-        assert spectral_norm(dense) <= 0.8 * (1 + 1e-6)
+    for layer in block.linear_layers:
+        assert spectral_norm(layer) <= 0.8 * (1 + 1e-6)
 
 
 def test_lipswish_formula_and_lipschitz_bound():

@@ -5,8 +5,8 @@ import math
 import keras
 from keras import ops
 
-from keras_flows.bijectors.base import Bijector
-from keras_flows.layers.lipschitz import LipSwish, SpectralDense
+from keras_flows.bijectors.base import Bijector, per_example, sum_except_batch
+from keras_flows.layers.lipschitz import LipSwish, SpectralConv2D, SpectralDense
 from keras_flows.utils.backend import is_concrete, matmul, no_grad, vjp
 
 LOG_DETS = ("exact", "series")
@@ -15,12 +15,17 @@ NOISES = ("rademacher", "gaussian")
 
 @keras.saving.register_keras_serializable(package="keras_flows")
 class ResidualBlock(Bijector):
-    """An invertible residual block on vectors: z = x + g(x), Lip(g) < 1.
+    """An invertible residual block: z = x + g(x), Lip(g) < 1.
 
-    Forward:  z = x + g(x), g = SpectralDense -> LipSwish -> ... -> SpectralDense,
-              each dense layer's spectral norm at most c (`lipschitz`), LipSwish
+    Forward:  z = x + g(x), g = linear -> LipSwish -> ... -> linear, each
+              linear map's spectral norm at most c (`lipschitz`), LipSwish
               1-Lipschitz, so Lip(g) <= c < 1 and the map is invertible
-              (Behrmann et al. 2019).
+              (Behrmann et al. 2019). On vectors (batch, D) the linear maps
+              are `SpectralDense` layers of `hidden_units`; on images
+              (batch, H, W, C) they are `SpectralConv2D` layers with
+              `hidden_units` channels, 3x3 first and last and 1x1 between
+              (Residual Flows' image block), normalised as operators on
+              images of that size.
     Inverse:  the fixed point x = z - g(x), iterated from x_0 = z until
               max |x_{k+1} - x_k| < `inverse_atol` (at most
               `inverse_max_iterations` steps). The iteration contracts by
@@ -30,8 +35,9 @@ class ResidualBlock(Bijector):
     Log-det:  log det(I + J_g(x)) (positive: the eigenvalues of J_g lie in the
               disc of radius c < 1), inverse the negative at the found x, by
               - `"exact"`: the dense Jacobian A = I + J_g from D
-                vector-Jacobian products, log det A = sum_i log L_ii for
-                L the Cholesky factor of A^T A; for small D;
+                vector-Jacobian products (D = H W C for images), log det A
+                = sum_i log L_ii for L the Cholesky factor of A^T A; for
+                small D;
               - `"series"` (Chen et al. 2019): log det(I + J) =
                 sum_{k>=1} (-1)^(k+1) tr(J^k) / k, estimated with one probe v
                 (E[v v^T] = I) and a random number of terms
@@ -54,11 +60,11 @@ class ResidualBlock(Bijector):
     `training=False` (`log_prob`, `evaluate`, sampling); with `"series"` at
     inference the probe and N come from the fixed seed `eval_seed`, so a call
     is deterministic. Each training call also advances the spectral-norm
-    power iteration of each dense layer by one update (warm start).
+    power iteration of each linear layer by one update (warm start).
 
     Args:
-        hidden_units: hidden sizes of g.
-        lipschitz: c, the spectral-norm bound of each dense layer, in (0, 1).
+        hidden_units: hidden sizes (vectors) or channels (images) of g.
+        lipschitz: c, the spectral-norm bound of each linear layer, in (0, 1).
         power_iterations: power iterations per evaluation of g.
         log_det, eval_log_det: "exact" or "series".
         series_terms: n, the terms always computed (>= 1).
@@ -120,40 +126,47 @@ class ResidualBlock(Bijector):
         self.eval_seed = int(eval_seed)
         self.seed = None if seed is None else int(seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
-        self.dense_layers = []
+        self.linear_layers = []
         self.activations = []
 
     def build(self, input_shape):
-        if len(input_shape) != 2 or input_shape[-1] is None:
-            raise ValueError("ResidualBlock expects vectors of shape (batch, D) with D "
-                             f"known; got input shape {tuple(input_shape)}.")
+        if len(input_shape) not in (2, 4) or None in tuple(input_shape[1:]):
+            raise ValueError("ResidualBlock expects vectors (batch, D) or images (batch, "
+                             "height, width, channels) of known size; got input shape "
+                             f"{tuple(input_shape)}.")
         sizes = [*self.hidden_units, input_shape[-1]]
-        width = input_shape[-1]
+        shape = (None, *input_shape[1:])
         for i, units in enumerate(sizes):
-            dense = SpectralDense(units, coefficient=self.lipschitz,
-                                  power_iterations=self.power_iterations,
-                                  dtype=self.dtype_policy, name=f"dense_{i}")
-            dense.build((None, width))
-            self.dense_layers.append(dense)
+            common = dict(coefficient=self.lipschitz, power_iterations=self.power_iterations,
+                          dtype=self.dtype_policy)
+            if len(shape) == 2:
+                layer = SpectralDense(units, name=f"dense_{i}", **common)
+            else:
+                size = 3 if i in (0, len(sizes) - 1) else 1
+                layer = SpectralConv2D(units, size, name=f"conv_{i}",
+                                       seed=None if self.seed is None else self.seed + i,
+                                       **common)
+            layer.build(shape)
+            self.linear_layers.append(layer)
+            shape = (*shape[:-1], units)
             if i < len(sizes) - 1:
                 activation = LipSwish(dtype=self.dtype_policy, name=f"lipswish_{i}")
-                activation.build((None, units))
+                activation.build(shape)
                 self.activations.append(activation)
-            width = units
 
     def residual(self, x):
         """g(x)."""
         h = x
-        for i, dense in enumerate(self.dense_layers):
-            h = dense(h)
+        for i, layer in enumerate(self.linear_layers):
+            h = layer(h)
             if i < len(self.activations):
                 h = self.activations[i](h)
         return h
 
     def _forward(self, x, context=None, training=False):
         if training:
-            for dense in self.dense_layers:
-                dense.update()
+            for layer in self.linear_layers:
+                layer.update()
         method = self.log_det if training else self.eval_log_det
         if method == "exact":
             gx, log_det = self._exact(x)
@@ -182,15 +195,22 @@ class ResidualBlock(Bijector):
 
     def _exact(self, x):
         """g(x) and log det(I + J_g) from the dense Jacobian (D products)."""
-        dim = x.shape[-1]
+        event = tuple(x.shape[1:])
+        dim = math.prod(event)
         eye = ops.eye(dim, dtype=x.dtype)
         ones = ops.ones_like(x)
-        gx, rows = vjp(self.residual, x, [ones * eye[i] for i in range(dim)])
+        gx, rows = vjp(self.residual, x,
+                       [ones * ops.reshape(eye[i], event) for i in range(dim)])
+        rows = [ops.reshape(r, (-1, dim)) for r in rows]
         jacobian = ops.stack(rows, axis=1) + eye  # (B, D, D): row i is e_i^T (I + J)
         # log|det A| = sum log diag(cholesky(A^T A)): XLA has no log-determinant
         # for TensorFlow, and det A > 0 here.
         gram = matmul(ops.transpose(jacobian, (0, 2, 1)), jacobian)
-        return gx, ops.sum(ops.log(ops.diagonal(ops.cholesky(gram), axis1=-2, axis2=-1)), -1)
+        # A non-finite input gives NaN, not a failed factorisation (PyTorch raises).
+        finite = ops.all(ops.isfinite(gram), axis=(1, 2))
+        gram = ops.where(finite[:, None, None], gram, eye)
+        log_det = ops.sum(ops.log(ops.diagonal(ops.cholesky(gram), axis1=-2, axis2=-1)), -1)
+        return gx, ops.where(finite, log_det, float("nan"))
 
     def _probe(self, x, seed):
         if self.noise == "gaussian":
@@ -222,16 +242,16 @@ class ResidualBlock(Bijector):
             sign = 1.0 - 2.0 * ops.cast(k % 2 == 0, x.dtype)
             coefficient = sign * ops.exp(-log_q * ops.maximum(kf - n, 0.0))
             _, u_next = vjp(self.residual, fixed_x, u)
-            value = value + coefficient / kf * ops.sum(u_next * v, axis=-1)
+            value = value + coefficient / kf * sum_except_batch(u_next * v)
             return k + 1, u_next, value, w + coefficient * u
 
         with no_grad():
-            zeros = ops.zeros_like(x[:, 0])
+            zeros = per_example(x, 0.0)
             _, _, value, w = _while(lambda k, u, value, w: k <= num_terms, step,
                                     (1, v, zeros, ops.zeros_like(x)), self.max_terms)
         value, w = ops.stop_gradient(value), ops.stop_gradient(w)
         gx, w_jacobian = vjp(self.residual, x, w)
-        surrogate = ops.sum(w_jacobian * v, axis=-1)
+        surrogate = sum_except_batch(w_jacobian * v)
         return gx, value + surrogate - ops.stop_gradient(surrogate)
 
     def get_config(self):

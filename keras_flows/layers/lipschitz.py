@@ -4,7 +4,8 @@ import numpy as np
 import keras
 from keras import ops
 
-from keras_flows.layers.dense import Dense
+from keras_flows.layers.dense import Dense, get_activation
+from keras_flows.utils import math
 from keras_flows.utils.backend import matmul
 
 
@@ -12,31 +13,79 @@ def _unit(x):
     return x / ops.sqrt(ops.sum(ops.square(x)) + 1e-24)
 
 
+def _check(coefficient, power_iterations):
+    if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) or \
+            not coefficient > 0:
+        raise ValueError(f"`coefficient` must be a number > 0; got {coefficient!r}.")
+    if (isinstance(power_iterations, bool) or not isinstance(power_iterations, int)
+            or power_iterations < 1):
+        raise ValueError(f"`power_iterations` must be a positive integer; got "
+                         f"{power_iterations!r}.")
+
+
+class _PowerIteration:
+    """Spectral normalisation of a linear map A (the layer's kernel applied to
+    an input), shared by `SpectralDense` and `SpectralConv2D`.
+
+        W' = W / max(1, sigma / c),   sigma = ||A u||,
+
+    u the stored unit vector of the input space (`u`), moved towards the top
+    right singular vector of A by `power_iterations` iterations
+
+        v <- A u / ||A u||,   u <- A^T v / ||A^T v||
+
+    at every call, without gradient. sigma = ||A u|| <= ||A||_2, equal for the
+    top singular vector; the gradient reaches W through sigma with u held
+    fixed (Miyato et al. 2018). A call does not store the iterated u, so that
+    every evaluation between two updates sees the same W'; `update()` stores
+    it (the residual block calls it once per training step: the estimate
+    warm-starts and converges over training); `converge(iterations)` runs
+    many at once.
+    """
+
+    def _apply(self, kernel, u):
+        raise NotImplementedError
+
+    def _adjoint(self, kernel, v):
+        raise NotImplementedError
+
+    def _iterate(self, iterations):
+        kernel = ops.stop_gradient(ops.convert_to_tensor(self.kernel))
+        u = ops.cast(ops.stop_gradient(ops.convert_to_tensor(self.u)), kernel.dtype)
+        for _ in range(iterations):
+            u = _unit(self._adjoint(kernel, _unit(self._apply(kernel, u))))
+        return u
+
+    def converge(self, iterations=100):
+        """Stores u after `iterations` power iterations."""
+        self.u.assign(ops.cast(self._iterate(iterations), self.u.dtype))
+
+    def update(self):
+        """Stores u after `power_iterations` more iterations."""
+        self.converge(self.power_iterations)
+
+    def sigma(self):
+        """The estimate ||A u|| of ||A||_2 (differentiable in the kernel)."""
+        kernel = ops.convert_to_tensor(self.kernel)
+        return ops.sqrt(ops.sum(ops.square(self._apply(kernel,
+                                                       self._iterate(self.power_iterations)))))
+
+    def _kernel(self):
+        kernel = ops.convert_to_tensor(self.kernel)
+        return kernel / ops.maximum(ops.cast(1.0, kernel.dtype),
+                                    self.sigma() / self.coefficient)
+
+
 @keras.saving.register_keras_serializable(package="keras_flows")
-class SpectralDense(Dense):
+class SpectralDense(_PowerIteration, Dense):
     """A dense layer whose kernel's spectral norm is at most `coefficient`.
 
         y = act(x W' + b),   W' = W / max(1, sigma(W) / c)
 
-    so that Lip(x -> x W' + b) = ||W'||_2 <= c (when sigma(W) is exact).
-    sigma(W), the largest singular value, is estimated by power iteration
-    (Miyato et al. 2018): from the stored unit vector `u` (the right singular
-    vector's estimate), `power_iterations` times
-
-        v <- (W u) / ||W u||,   u <- (W^T v) / ||W^T v||,
-
-    then sigma = ||W u||, a lower bound of ||W||_2 that is exact when u is the
-    top right singular vector. The iterations run without gradient; the
-    gradient reaches W through sigma = ||W u|| (u held fixed), as in
-    Behrmann et al. 2019 and Chen et al. 2019.
-
-    Every call iterates from the stored `u` without storing the result, so
-    all evaluations between two updates see the same W'. `update()` stores the
-    iterated `u` (the residual block calls it once per training step), so the
-    estimate warm-starts and converges over training. `build` starts `u` at
-    the exact top singular vector of the initial kernel, and
-    `converge(iterations)` brings it there again, e.g. after weights were set
-    by hand.
+    so that Lip(x -> x W' + b) = ||W'||_2 <= c when sigma(W) is exact. sigma
+    is estimated by power iteration on x -> x W (see `_PowerIteration`);
+    `build` starts u at the exact top singular vector of the initial kernel
+    (NumPy's SVD).
 
     Args:
         units: size of the output.
@@ -51,58 +100,104 @@ class SpectralDense(Dense):
 
     def __init__(self, units, coefficient=0.97, power_iterations=1, **kwargs):
         super().__init__(units, **kwargs)
-        if not (isinstance(coefficient, (int, float)) and not isinstance(coefficient, bool)
-                and 0 < coefficient):
-            raise ValueError(f"`coefficient` must be a number > 0; got {coefficient!r}.")
-        if (isinstance(power_iterations, bool) or not isinstance(power_iterations, int)
-                or power_iterations < 1):
-            raise ValueError(f"`power_iterations` must be a positive integer; got "
-                             f"{power_iterations!r}.")
+        _check(coefficient, power_iterations)
         self.coefficient = float(coefficient)
         self.power_iterations = power_iterations
 
     def build(self, input_shape):
         super().build(input_shape)
-        self.u = self.add_weight(name="u", shape=(self.units,), trainable=False,
-                                 initializer="ones")
-        self.converge()
+        kernel = ops.convert_to_numpy(self.kernel).astype(np.float64)
+        self.u = self.add_weight(name="u", shape=(kernel.shape[0],), trainable=False,
+                                 initializer="zeros")
+        self.u.assign(np.linalg.svd(kernel)[0][:, 0].astype(self.u.dtype))
 
-    def converge(self, iterations=None):
-        """Sets `u` to the top right singular vector of the kernel: by NumPy's
-        SVD when `iterations` is None, else by that many power iterations."""
-        if iterations is None:
-            kernel = ops.convert_to_numpy(self.kernel).astype(np.float64)
-            u = np.linalg.svd(kernel)[2][0]
-            self.u.assign(ops.convert_to_tensor(u, self.u.dtype))
-        else:
-            self.u.assign(ops.cast(self._iterate(iterations), self.u.dtype))
+    def _apply(self, kernel, u):
+        return matmul(u[None, :], kernel)[0]
 
-    def _iterate(self, iterations):
-        kernel = ops.stop_gradient(ops.convert_to_tensor(self.kernel))
-        u = ops.cast(ops.stop_gradient(ops.convert_to_tensor(self.u)), kernel.dtype)
-        for _ in range(iterations):
-            v = _unit(matmul(kernel, u[:, None])[:, 0])
-            u = _unit(matmul(v[None, :], kernel)[0])
-        return u
-
-    def update(self):
-        """Stores `u` after `power_iterations` more iterations."""
-        self.converge(self.power_iterations)
-
-    def sigma(self):
-        """The estimate ||W u|| of ||W||_2 (differentiable in W)."""
-        kernel = ops.convert_to_tensor(self.kernel)
-        u = self._iterate(self.power_iterations)
-        return ops.sqrt(ops.sum(ops.square(matmul(kernel, u[:, None]))))
-
-    def _kernel(self):
-        kernel = ops.convert_to_tensor(self.kernel)
-        return kernel / ops.maximum(ops.cast(1.0, kernel.dtype),
-                                    self.sigma() / self.coefficient)
+    def _adjoint(self, kernel, v):
+        return matmul(kernel, v[:, None])[:, 0]
 
     def get_config(self):
         config = super().get_config()
         config.update(coefficient=self.coefficient, power_iterations=self.power_iterations)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_flows")
+class SpectralConv2D(_PowerIteration, keras.layers.Layer):
+    """A stride-1 "same" convolution whose operator norm is at most `coefficient`.
+
+        y = act(conv(x, W') + b),   W' = W / max(1, sigma / c)
+
+    with sigma the spectral norm of x -> conv(x, W) on inputs of the built
+    height and width (not of the kernel reshaped to a matrix: the operator's
+    norm is what bounds the Lipschitz constant), by power iteration with
+    `conv` and its adjoint `conv_transpose` (see `_PowerIteration`; u has
+    the shape of one input image). `build` runs 200 iterations from a seeded
+    random u. Products keep float64 on every backend (`ops.conv`).
+
+    Args:
+        filters: output channels.
+        kernel_size: odd size of the square kernel.
+        coefficient: the bound c on the operator norm.
+        power_iterations: iterations per call (>= 1).
+        activation: an activation name or callable (None for linear).
+        kernel_initializer: initializer of the kernel.
+        seed: seed of u's start.
+
+    Reference: Gouk, Frank, Pfahringer & Cree 2021, arXiv:1804.04368;
+    Behrmann et al. 2019, arXiv:1811.00995.
+    """
+
+    def __init__(self, filters, kernel_size=3, coefficient=0.97, power_iterations=1,
+                 activation=None, kernel_initializer="glorot_uniform", seed=None, **kwargs):
+        super().__init__(**kwargs)
+        _check(coefficient, power_iterations)
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or \
+                kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"`kernel_size` must be a positive odd integer; got "
+                             f"{kernel_size!r}.")
+        self.filters = int(filters)
+        self.kernel_size = kernel_size
+        self.coefficient = float(coefficient)
+        self.power_iterations = power_iterations
+        self.activation = get_activation(activation)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.seed = None if seed is None else int(seed)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or None in tuple(input_shape[1:]):
+            raise ValueError(f"{type(self).__name__} needs images (batch, height, width, "
+                             f"channels) of known size; got {tuple(input_shape)}.")
+        k = self.kernel_size
+        self.kernel = self.add_weight(name="kernel", shape=(k, k, input_shape[-1], self.filters),
+                                      initializer=self.kernel_initializer)
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+        self.u = self.add_weight(name="u", shape=(1, *input_shape[1:]), trainable=False,
+                                 initializer=keras.initializers.RandomNormal(seed=self.seed))
+        self.converge(200)
+
+    def _apply(self, kernel, u):
+        return ops.conv(u, kernel, padding="same")
+
+    def _adjoint(self, kernel, v):
+        return ops.conv_transpose(v, kernel, padding="same")
+
+    def call(self, x):
+        return self.activation(ops.conv(x, self._kernel(), padding="same") + self.bias)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        activation = ("tanh" if self.activation is math.tanh
+                      else keras.activations.serialize(self.activation))
+        config.update(filters=self.filters, kernel_size=self.kernel_size,
+                      coefficient=self.coefficient, power_iterations=self.power_iterations,
+                      activation=activation,
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+                      seed=self.seed)
         return config
 
 
