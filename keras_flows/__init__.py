@@ -7,6 +7,6 @@ from keras_flows.distributions import (DiagonalNormal, Dirichlet, Distribution, 
                                        PowerSpherical, StandardLogistic, StandardNormal,
                                        UniformSimplex, UniformSphere, VonMisesFisher)
 from keras_flows.models import (FFJORD, IAF, MAF, NICE, NSF, Flow, Glow, ImageFlow, ImageRealNVP,
-                                ManifoldFlow, RealNVP, ResidualFlow)
+                                ImageResidualFlow, ManifoldFlow, RealNVP, ResidualFlow)
 from keras_flows.inpainting import inpaint
 from keras_flows.version import __version__

@@ -1,8 +1,9 @@
 from keras_flows.layers.concat_squash import ConcatSquashDense, VectorField
 from keras_flows.layers.conditioners import MLP, ConvNet, ResNet
 from keras_flows.layers.dense import Dense, MaskedDense
-from keras_flows.layers.lipschitz import LipSwish, SpectralDense
+from keras_flows.layers.lipschitz import LipSwish, SpectralConv2D, SpectralDense
 from keras_flows.layers.made import MADE
 
 __all__ = ["MLP", "ConvNet", "ResNet", "Dense", "MaskedDense", "MADE", "ConcatSquashDense",
-           "VectorField", "SpectralDense", "LipSwish"]
+           "VectorField", "SpectralDense", "SpectralConv2D",
+           "LipSwish"]

@@ -7,7 +7,8 @@ from keras_flows.models.manifold import ManifoldFlow
 from keras_flows.models.nice import NICE
 from keras_flows.models.nsf import NSF
 from keras_flows.models.realnvp import ImageRealNVP, RealNVP
-from keras_flows.models.residual_flow import ResidualFlow
+from keras_flows.models.residual_flow import ImageResidualFlow, ResidualFlow
 
 __all__ = ["Flow", "NICE", "RealNVP", "MAF", "IAF", "NSF", "FFJORD", "ImageFlow", "Glow",
-           "ImageRealNVP", "ManifoldFlow", "ResidualFlow"]
+           "ImageRealNVP", "ManifoldFlow", "ResidualFlow",
+           "ImageResidualFlow"]
