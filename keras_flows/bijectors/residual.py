@@ -240,7 +240,8 @@ class ResidualBlock(Bijector):
             # u = v^T J^(k-1) on entry; c_k = (-1)^(k+1) / P(N >= k).
             kf = ops.cast(k, x.dtype)  # k is a Python int in eager mode
             sign = 1.0 - 2.0 * ops.cast(k % 2 == 0, x.dtype)
-            coefficient = sign * ops.exp(-log_q * ops.maximum(kf - n, 0.0))
+            tail = ops.where(kf > n, kf - n, ops.zeros_like(kf))  # ops.maximum: float32 on torch
+            coefficient = sign * ops.exp(-log_q * tail)
             _, u_next = vjp(self.residual, fixed_x, u)
             value = value + coefficient / kf * sum_except_batch(u_next * v)
             return k + 1, u_next, value, w + coefficient * u

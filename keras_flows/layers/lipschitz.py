@@ -70,10 +70,14 @@ class _PowerIteration:
         return ops.sqrt(ops.sum(ops.square(self._apply(kernel,
                                                        self._iterate(self.power_iterations)))))
 
+    def scale(self):
+        """1 / max(1, sigma / c): W' = scale W."""
+        ratio = self.sigma() / self.coefficient
+        # Not ops.maximum: on PyTorch (Keras 3.15) it returns float32 for float64.
+        return 1.0 / ops.where(ratio > 1.0, ratio, ops.ones_like(ratio))
+
     def _kernel(self):
-        kernel = ops.convert_to_tensor(self.kernel)
-        return kernel / ops.maximum(ops.cast(1.0, kernel.dtype),
-                                    self.sigma() / self.coefficient)
+        return ops.convert_to_tensor(self.kernel) * self.scale()
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -178,7 +182,10 @@ class SpectralConv2D(_PowerIteration, keras.layers.Layer):
         self.converge(200)
 
     def _apply(self, kernel, u):
-        return ops.conv(u, kernel, padding="same")
+        # u twice: PyTorch's CPU convolution cannot differentiate in the kernel
+        # with one image and one output channel ("slow_conv2d: grad_weight must
+        # be contiguous").
+        return ops.conv(ops.concatenate([u, u]), kernel, padding="same")[:1]
 
     def _adjoint(self, kernel, v):
         return ops.conv_transpose(v, kernel, padding="same")
