@@ -96,6 +96,11 @@ CASES = {
             dict(solver="dopri5", rtol=1e-12, atol=1e-12) if d == "float64"
             else dict(solver="rk4", steps=8))),
         (2,), None, _normal, _normal),
+    "ContinuousFlow[image]": (
+        lambda d: kb.ContinuousFlow(hidden_units=(2,), dtype=d, **(
+            dict(solver="dopri5", rtol=1e-12, atol=1e-12) if d == "float64"
+            else dict(solver="rk4", steps=4))),
+        (2, 1, 2), None, _normal, _normal),
     # Exact log-det at inference (the checks' training=False); 10 power
     # iterations per call keep Lip(g) < 1 after the weights are randomised.
     "ResidualBlock": (

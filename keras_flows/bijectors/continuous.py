@@ -5,7 +5,8 @@ import math
 import keras
 from keras import ops
 
-from keras_flows.bijectors.base import Bijector, deserialize_sublayers, serialize_sublayers
+from keras_flows.bijectors.base import (Bijector, deserialize_sublayers, per_example,
+                                       serialize_sublayers, sum_except_batch)
 from keras_flows.layers.concat_squash import VectorField
 from keras_flows.utils.backend import vjp
 from keras_flows.utils.ode import METHODS, odeint
@@ -16,7 +17,7 @@ NOISES = ("rademacher", "gaussian")
 
 @keras.saving.register_keras_serializable(package="keras_flows")
 class ContinuousFlow(Bijector):
-    """A continuous normalizing flow on vectors: the time-T map of an ODE.
+    """A continuous normalizing flow on vectors or images: the time-T map of an ODE.
 
     Forward:  z = z(T), solving dz/dt = f(t, z; c) from z(0) = x.
     Inverse:  x = z(0), solving the same ODE backwards from z(T) = z.
@@ -172,9 +173,14 @@ class ContinuousFlow(Bijector):
         self.seed_generator = keras.random.SeedGenerator(self.seed)
 
     def build(self, input_shape):
-        if len(input_shape) != 2 or input_shape[-1] is None:
-            raise ValueError("ContinuousFlow expects vectors of shape (batch, D) with D "
-                             f"known; got input shape {tuple(input_shape)}.")
+        if len(input_shape) not in (2, 4) or None in tuple(input_shape[1:]):
+            raise ValueError("ContinuousFlow expects vectors (batch, D) or images (batch, "
+                             "height, width, channels) of known size; got input shape "
+                             f"{tuple(input_shape)}.")
+        if len(input_shape) == 4 and self.context_shape is not None:
+            raise ValueError("ContinuousFlow conditions only vectors on a context; got "
+                             f"images of shape {tuple(input_shape)} and context_shape "
+                             f"{self.context_shape}.")
         if not self.vector_field.built:
             self.vector_field.build(input_shape)
         # T = softplus(w): w = log(expm1(T)) = T + log(-expm1(-T)), stable for large T.
@@ -200,9 +206,10 @@ class ContinuousFlow(Bijector):
         """The cotangents of the trace: the basis (exact) or one fixed probe."""
         method = self.trace if training else self.eval_trace
         if method == "exact":
-            eye = ops.eye(z.shape[-1], dtype=z.dtype)
+            event = tuple(z.shape[1:])
+            eye = ops.eye(math.prod(event), dtype=z.dtype)
             ones = ops.ones_like(z)
-            return [ones * eye[i] for i in range(z.shape[-1])]
+            return [ones * ops.reshape(eye[i], event) for i in range(math.prod(event))]
         seed = self.seed_generator if training else self.eval_seed
         if self.noise == "gaussian":
             return [keras.random.normal(ops.shape(z), dtype=z.dtype, seed=seed)]
@@ -221,15 +228,15 @@ class ContinuousFlow(Bijector):
                 return self.vector_field(z, s * time, context)
 
             f, products = vjp(field, state[0], probes)
-            trace = sum(ops.sum(g * e, axis=-1) for g, e in zip(products, probes))
+            trace = sum(sum_except_batch(g * e) for g, e in zip(products, probes))
             out = [time * f, time * trace]
             if kinetic:
-                out.append(time * ops.sum(ops.square(f), axis=-1))
+                out.append(time * sum_except_batch(ops.square(f)))
             if frobenius:
-                out.append(time * sum(ops.sum(ops.square(g), axis=-1) for g in products))
+                out.append(time * sum(sum_except_batch(ops.square(g)) for g in products))
             return out
 
-        zeros = ops.zeros_like(y[:, 0])
+        zeros = per_example(y, 0.0)
         state = [y, zeros] + [zeros] * (int(kinetic) + int(frobenius))
         out, stats = odeint(dynamics, state, s0, s1, method=self.solver, steps=self.steps,
                             rtol=self.rtol, atol=self.atol, max_steps=self.max_steps)

@@ -1,4 +1,5 @@
-"""Time-dependent dense layers for continuous flows (FFJORD's concat-squash)."""
+"""Time-dependent dense and convolutional layers for continuous flows (FFJORD's
+concat-squash)."""
 
 import keras
 from keras import ops
@@ -8,9 +9,10 @@ from keras_flows.utils import math
 from keras_flows.utils.backend import matmul
 
 
-def _time_column(t, dtype):
-    """`t` (a scalar or one time per row) as a column (1 or B, 1)."""
-    return ops.reshape(ops.cast(t, dtype), (-1, 1))
+def _time_column(t, x, dtype):
+    """`t` (a scalar or one time per row) shaped to broadcast against `x`:
+    (1 or B, 1) for vectors, (1 or B, 1, 1, 1) for images."""
+    return ops.reshape(ops.cast(t, dtype), (-1,) + (1,) * (len(x.shape) - 1))
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -49,7 +51,7 @@ class ConcatSquashDense(keras.layers.Layer):
             raise ValueError(f"{type(self).__name__} needs a known last axis; got input "
                              f"shape {tuple(input_shape)}.")
         units = self.units
-        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], units),
+        self.kernel = self.add_weight(name="kernel", shape=self._kernel_shape(input_shape),
                                       initializer=self.kernel_initializer)
         self.bias = self.add_weight(name="bias", shape=(units,),
                                     initializer=self.bias_initializer)
@@ -60,10 +62,16 @@ class ConcatSquashDense(keras.layers.Layer):
         self.shift_kernel = self.add_weight(name="shift_kernel", shape=(1, units),
                                             initializer=self.kernel_initializer)
 
+    def _kernel_shape(self, input_shape):
+        return (input_shape[-1], self.units)
+
+    def _product(self, x):
+        return matmul(x, self.kernel)
+
     def call(self, x, t):
-        t = _time_column(t, self.compute_dtype)
-        gate = ops.sigmoid(t * self.gate_kernel + self.gate_bias)
-        return (matmul(x, self.kernel) + self.bias) * gate + t * self.shift_kernel
+        t = _time_column(t, x, self.compute_dtype)
+        gate = ops.sigmoid(t * self.gate_kernel[0] + self.gate_bias)
+        return (self._product(x) + self.bias) * gate + t * self.shift_kernel[0]
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
@@ -78,22 +86,65 @@ class ConcatSquashDense(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
+class ConcatSquashConv2D(ConcatSquashDense):
+    """A stride-1 "same" convolution gated and shifted by time (FFJORD's
+    `ConcatSquashConv2d`).
+
+        h = (conv(x, W) + b) * sigmoid(t w_g + b_g) + t w_b
+
+    `x` is (batch, height, width, in), `h` (batch, height, width, units), W a
+    (k, k, in, units) kernel; the time terms are those of `ConcatSquashDense`,
+    one per output channel.
+
+    Args:
+        units: output channels.
+        kernel_size: odd size of the square kernel.
+        kernel_initializer, bias_initializer: as in `ConcatSquashDense`.
+
+    Reference: Grathwohl et al. 2019, arXiv:1810.01367.
+    """
+
+    def __init__(self, units, kernel_size=3, **kwargs):
+        super().__init__(units, **kwargs)
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or \
+                kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"`kernel_size` must be a positive odd integer; got "
+                             f"{kernel_size!r}.")
+        self.kernel_size = kernel_size
+
+    def _kernel_shape(self, input_shape):
+        return (self.kernel_size, self.kernel_size, input_shape[-1], self.units)
+
+    def _product(self, x):
+        return ops.conv(x, self.kernel, padding="same")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kernel_size=self.kernel_size)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_flows")
 class VectorField(keras.layers.Layer):
-    """A time-dependent vector field f(t, z; c) on vectors: FFJORD's network.
+    """A time-dependent vector field f(t, z; c) on vectors or images: FFJORD's network.
 
         h_0 = [z, c];  h_i = act(CS_i(h_{i-1}, t));  f = CS_out(h_n, t)
 
-    with `ConcatSquashDense` layers CS (the last has D = z's size units and no
-    activation) and the context `c`, if any, concatenated to `z` at the input.
+    with concat-squash layers CS (the last has z's size, or channels, and no
+    activation): `ConcatSquashDense` on vectors, with the context `c`, if
+    any, concatenated to `z` at the input; 3x3 `ConcatSquashConv2D` on
+    images (batch, height, width, channels), unconditional.
 
     Args:
-        hidden_units: sizes of the hidden concat-squash layers.
+        hidden_units: sizes (vectors) or channels (images) of the hidden
+            concat-squash layers.
         activation: activation between them (tanh keeps float64 on every
             backend, see `layers.dense.get_activation`).
         context_dim: size of the context vector, or None for f(t, z).
 
-    Call: `field(z, t, context=None)` with z (batch, D), t a scalar tensor
-    (or one time per row) and context (batch, context_dim); returns (batch, D).
+    Call: `field(z, t, context=None)` with z (batch, D) or (batch, H, W, C), t a
+    scalar tensor (or one time per row) and context (batch, context_dim);
+    returns f of z's shape.
 
     Reference: Grathwohl et al. 2019, arXiv:1810.01367.
     """
@@ -110,19 +161,24 @@ class VectorField(keras.layers.Layer):
         if self.context_dim is not None and self.context_dim < 1:
             raise ValueError(f"`context_dim` must be a positive integer or None; got "
                              f"{context_dim!r}.")
-        self.hidden = [ConcatSquashDense(u, dtype=self.dtype_policy, name=f"concat_squash_{i}")
-                       for i, u in enumerate(self.hidden_units)]
 
     def build(self, input_shape):
-        if len(input_shape) != 2 or input_shape[-1] is None:
-            raise ValueError(f"{type(self).__name__} expects z of shape (batch, D) with D "
-                             f"known; got {tuple(input_shape)}.")
+        if len(input_shape) not in (2, 4) or None in tuple(input_shape[1:]):
+            raise ValueError(f"{type(self).__name__} expects z of shape (batch, D) or "
+                             f"(batch, height, width, channels) of known size; got "
+                             f"{tuple(input_shape)}.")
+        if len(input_shape) == 4 and self.context_dim is not None:
+            raise ValueError(f"{type(self).__name__} takes a context only on vectors; got "
+                             f"z of shape {tuple(input_shape)}.")
+        layer = ConcatSquashDense if len(input_shape) == 2 else ConcatSquashConv2D
         features = input_shape[-1]
-        shape = (input_shape[0], features + (self.context_dim or 0))
-        for layer in self.hidden:
-            layer.build(shape)
-            shape = layer.compute_output_shape(shape)
-        self.out = ConcatSquashDense(features, dtype=self.dtype_policy, name="out")
+        shape = (*input_shape[:-1], features + (self.context_dim or 0))
+        self.hidden = []
+        for i, units in enumerate(self.hidden_units):
+            self.hidden.append(layer(units, dtype=self.dtype_policy, name=f"concat_squash_{i}"))
+            self.hidden[-1].build(shape)
+            shape = self.hidden[-1].compute_output_shape(shape)
+        self.out = layer(features, dtype=self.dtype_policy, name="out")
         self.out.build(shape)
 
     def call(self, z, t, context=None):

@@ -1,4 +1,4 @@
-from keras_flows.models.ffjord import FFJORD
+from keras_flows.models.ffjord import FFJORD, ImageFFJORD
 from keras_flows.models.flow import Flow
 from keras_flows.models.glow import Glow
 from keras_flows.models.image_flow import ImageFlow
@@ -11,4 +11,4 @@ from keras_flows.models.residual_flow import ImageResidualFlow, ResidualFlow
 
 __all__ = ["Flow", "NICE", "RealNVP", "MAF", "IAF", "NSF", "FFJORD", "ImageFlow", "Glow",
            "ImageRealNVP", "ManifoldFlow", "ResidualFlow",
-           "ImageResidualFlow"]
+           "ImageResidualFlow", "ImageFFJORD"]
