@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector
+from keras_flows.utils.math import upcast
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -13,7 +14,8 @@ class Chain(Bijector):
     Forward:  z = f_n(... f_2(f_1(x)))
     Inverse:  x = f_1^-1(f_2^-1(... f_n^-1(z)))
     Log-det:  forward sum_i log|det J_{f_i}| at each intermediate point;
-              inverse the same sum for the inverse maps.
+              inverse the same sum for the inverse maps; half-precision
+              log-dets (mixed precision) are summed in float32.
 
     `context` is passed to every member that has a `context_shape`.
 
@@ -47,20 +49,20 @@ class Chain(Bijector):
 
     def _forward(self, x, context=None, training=False):
         if not self.bijectors:  # the identity
-            return x, ops.zeros(ops.shape(x)[:1], x.dtype)
+            return x, upcast(ops.zeros(ops.shape(x)[:1], x.dtype))
         total = 0.0
         for b in self.bijectors:
             x, log_det = b.forward(x, **_context_for(b, context), training=training)
-            total = total + log_det
+            total = total + upcast(log_det)
         return x, total
 
     def _inverse(self, z, context=None, training=False):
         if not self.bijectors:
-            return z, ops.zeros(ops.shape(z)[:1], z.dtype)
+            return z, upcast(ops.zeros(ops.shape(z)[:1], z.dtype))
         total = 0.0
         for b in reversed(self.bijectors):
             z, log_det = b.inverse(z, **_context_for(b, context), training=training)
-            total = total + log_det
+            total = total + upcast(log_det)
         return z, total
 
     def get_config(self):
