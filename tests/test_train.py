@@ -78,7 +78,7 @@ def _config(path, **changes):
     ("no learning rate", "The training config {config} has no 'training.learning_rate'"),
     ("toy", "{config}: dataset.name 'moons' is not an image dataset; expected one of mnist, "),
     ("unknown model", "{config}: unknown model 'Flowy'; expected an image flow: Glow, "
-                      "ImageRealNVP."),
+                      "ImageFFJORD, ImageRealNVP, ImageResidualFlow."),
     ("bad argument", "{config}: model_config does not fit Glow: "),
     ("no data file", "--data {data}: No such file or folder for dataset 'mnist': {data}"),
 ])
