@@ -17,6 +17,7 @@ from keras_flows.bijectors.continuous import ContinuousFlow
 from keras_flows.layers.concat_squash import ConcatSquashDense, VectorField
 from keras_flows.models.ffjord import FFJORD
 from keras_flows.utils.backend import matmul
+from fits import assert_image_flow_learns_mnist, correlated_gaussian
 
 BACKEND = keras.backend.backend()
 A = np.array([[-0.3, 0.8, 0.1], [-0.5, 0.2, 0.4], [0.3, -0.2, -0.6]])
@@ -345,15 +346,7 @@ def test_ffjord_training_step_under_jit():
 
 
 def test_ffjord_fits_a_gaussian():
-    # Data N(0, S), S = R diag(2.0^2, 0.5^2) R^T: entropy 0.5 log det(2 pi e S).
-    rng = np.random.default_rng(0)
-    angle = 0.5
-    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    cov = rot @ np.diag([4.0, 0.25]) @ rot.T
-    chol = np.linalg.cholesky(cov)
-    train = (rng.normal(size=(2048, 2)) @ chol.T).astype("float32")
-    test = (rng.normal(size=(4096, 2)) @ chol.T).astype("float32")
-    entropy = 0.5 * np.log(np.linalg.det(2 * np.pi * np.e * cov))
+    train, test, cov, entropy = correlated_gaussian()
     baseline = 0.5 * np.trace(cov) + np.log(2 * np.pi)   # N(0, I) on this data: 3.96
     flow = FFJORD(event_shape=(2,), hidden_units=(16, 16), solver="rk4", steps=4,
                   trace="exact", seed=0)
@@ -387,24 +380,8 @@ def test_concat_squash_conv_formula_in_float64():
 
 
 def test_image_ffjord_learns_real_mnist(tmp_path):
-    from real_data import dataset_file
-
-    data = np.load(dataset_file("mnist"))
-    train = data["x_train"][:512].reshape(-1, 28, 28, 1).astype("float32")
-    test = data["x_test"][:128].reshape(-1, 28, 28, 1).astype("float32")
     flow = FFJORD(image_shape=(28, 28, 1), levels=2, blocks_per_level=1, hidden_channels=8,
                   num_layers=2, solver="rk4", steps=2, seed=0)
     assert type(flow).__name__ == "ImageFFJORD"
-    flow.compile(optimizer=keras.optimizers.Adam(2e-3))
-    flow.fit(train, batch_size=64, epochs=2, verbose=0)
-    bits = float(np.mean(numpy(flow.bits_per_dim(test))))
-    # A uniform model is exactly 8 bits/dim; the untrained one is above 10.
-    assert bits < 7.0, bits
+    assert_image_flow_learns_mnist(flow, tmp_path)
     assert flow.nfe() == [8, 8]                       # rk4, 2 steps: 4 evaluations each
-    samples = numpy(flow.sample(2, seed=0))
-    assert samples.shape == (2, 28, 28, 1) and samples.min() >= 0 and samples.max() <= 255
-    path = str(tmp_path / "image_ffjord.keras")
-    flow.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(numpy(loaded.bits_per_dim(test[:8])),
-                               numpy(flow.bits_per_dim(test[:8])), rtol=1e-5)

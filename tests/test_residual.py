@@ -14,6 +14,7 @@ from keras_flows import ResidualFlow
 from keras_flows.bijectors import ResidualBlock
 from keras_flows.layers import LipSwish, SpectralConv2D, SpectralDense
 from keras_flows.utils.backend import vjp
+from fits import assert_image_flow_learns_mnist, correlated_gaussian
 
 
 def numpy(x):
@@ -169,15 +170,7 @@ def test_bad_arguments():
 
 
 def test_residual_flow_fits_a_gaussian(tmp_path):
-    # Data N(0, S), S = R diag(2.0^2, 0.5^2) R^T: entropy 0.5 log det(2 pi e S).
-    rng = np.random.default_rng(0)
-    angle = 0.5
-    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    cov = rot @ np.diag([4.0, 0.25]) @ rot.T
-    chol = np.linalg.cholesky(cov)
-    train = (rng.normal(size=(2048, 2)) @ chol.T).astype("float32")
-    test = (rng.normal(size=(4096, 2)) @ chol.T).astype("float32")
-    entropy = 0.5 * np.log(np.linalg.det(2 * np.pi * np.e * cov))
+    train, test, cov, entropy = correlated_gaussian()
     flow = ResidualFlow(event_shape=(2,), num_blocks=2, hidden_units=(16,), seed=0)
     flow.compile(optimizer=keras.optimizers.Adam(1e-2))
     flow.fit(train, batch_size=256, epochs=25, verbose=0)
@@ -223,23 +216,7 @@ def test_spectral_conv_bounds_the_operator_norm():
 
 
 def test_image_residual_flow_learns_real_mnist(tmp_path):
-    from real_data import dataset_file
-
-    data = np.load(dataset_file("mnist"))
-    train = data["x_train"][:512].reshape(-1, 28, 28, 1).astype("float32")
-    test = data["x_test"][:128].reshape(-1, 28, 28, 1).astype("float32")
     flow = ResidualFlow(image_shape=(28, 28, 1), levels=3, blocks_per_level=1,
                         hidden_channels=16, seed=0)
     assert type(flow).__name__ == "ImageResidualFlow"
-    flow.compile(optimizer=keras.optimizers.Adam(2e-3))
-    flow.fit(train, batch_size=64, epochs=2, verbose=0)
-    bits = float(np.mean(numpy(flow.bits_per_dim(test))))
-    # A uniform model is exactly 8 bits/dim; the untrained one is above 10.
-    assert bits < 7.0, bits
-    samples = numpy(flow.sample(2, seed=0))
-    assert samples.shape == (2, 28, 28, 1) and samples.min() >= 0 and samples.max() <= 255
-    path = str(tmp_path / "image_residual.keras")
-    flow.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(numpy(loaded.bits_per_dim(test[:8])),
-                               numpy(flow.bits_per_dim(test[:8])), rtol=1e-5)
+    assert_image_flow_learns_mnist(flow, tmp_path)

@@ -4,8 +4,7 @@ concat-squash)."""
 import keras
 from keras import ops
 
-from keras_flows.layers.dense import get_activation
-from keras_flows.utils import math
+from keras_flows.layers.dense import get_activation, serialize_activation
 from keras_flows.utils.backend import matmul
 
 
@@ -197,8 +196,7 @@ class VectorField(keras.layers.Layer):
         config = super().get_config()
         activation = self.activation
         if not isinstance(activation, str) and activation is not None:
-            activation = ("tanh" if self._activation is math.tanh
-                          else keras.activations.serialize(self._activation))
+            activation = serialize_activation(self._activation)
         config.update(hidden_units=list(self.hidden_units), activation=activation,
                       context_dim=self.context_dim)
         return config

@@ -16,6 +16,11 @@ def get_activation(identifier):
     return math.tanh if fn is keras.activations.tanh else fn
 
 
+def serialize_activation(fn):
+    """The config entry of an activation from `get_activation`."""
+    return "tanh" if fn is math.tanh else keras.activations.serialize(fn)
+
+
 @keras.saving.register_keras_serializable(package="keras_flows")
 class Dense(keras.layers.Layer):
     """y = act(x W + b) on the last axis.
@@ -68,8 +73,7 @@ class Dense(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        activation = ("tanh" if self.activation is math.tanh
-                      else keras.activations.serialize(self.activation))
+        activation = serialize_activation(self.activation)
         serialize = keras.initializers.serialize
         config.update(units=self.units, activation=activation,
                       kernel_initializer=serialize(self.kernel_initializer),

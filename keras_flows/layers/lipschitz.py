@@ -4,8 +4,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from keras_flows.layers.dense import Dense, get_activation
-from keras_flows.utils import math
+from keras_flows.layers.dense import Dense, get_activation, serialize_activation
 from keras_flows.utils.backend import matmul
 
 
@@ -198,8 +197,7 @@ class SpectralConv2D(_PowerIteration, keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        activation = ("tanh" if self.activation is math.tanh
-                      else keras.activations.serialize(self.activation))
+        activation = serialize_activation(self.activation)
         config.update(filters=self.filters, kernel_size=self.kernel_size,
                       coefficient=self.coefficient, power_iterations=self.power_iterations,
                       activation=activation,

@@ -7,7 +7,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from keras_flows.bijectors import LogitTransform, Rescale
+from keras_flows.bijectors import ActNorm, Chain, LogitTransform, Rescale, Squeeze
 from keras_flows.distributions.conditional import SplitPrior, TopPrior
 from keras_flows.layers.dense import Dense
 from keras_flows.layers.preprocessing import Dequantize
@@ -136,6 +136,21 @@ class ImageFlow(Flow):
     def _make_level(self, index, input_shape, last):
         """The bijector of level `index` (input shape without batch)."""
         raise NotImplementedError
+
+    def _normalized_blocks(self, index, input_shape, last, make_block, num_blocks):
+        """`Chain([ActNorm, make_block(k)] for k < num_blocks, then a squeeze
+        unless `last`)`: a level of the image FFJORD and Residual Flow."""
+        dtype = self.dtype_policy
+        layers = []
+        for k in range(num_blocks):
+            layers += [ActNorm(dtype=dtype, name=f"actnorm_{index}_{k}"), make_block(k)]
+        if not last:
+            if input_shape[0] % 2 or input_shape[1] % 2:
+                raise ValueError(f"Level {index} gets {input_shape[0]}x{input_shape[1]} "
+                                 "images, which cannot be squeezed: height and width must "
+                                 "be divisible by 2^(levels - 1).")
+            layers.append(Squeeze(dtype=dtype, name=f"squeeze_{index}"))
+        return Chain(layers, dtype=dtype, name=f"level_{index}")
 
     def _members(self, index):
         """The bijectors of level `index` in forward order (its `Chain`'s)."""

@@ -5,7 +5,6 @@ import keras
 
 from keras_flows.bijectors.composition import Chain
 from keras_flows.bijectors.normalization import ActNorm
-from keras_flows.bijectors.reshape import Squeeze
 from keras_flows.bijectors.residual import ResidualBlock
 from keras_flows.models.flow import Flow
 from keras_flows.models.image_flow import ImageFlow
@@ -168,21 +167,13 @@ class ImageResidualFlow(ImageFlow):
                          num_classes=num_classes, seed=seed, **kwargs)
 
     def _make_level(self, index, input_shape, last):
-        dtype = self.dtype_policy
-        layers = []
-        for k in range(self.blocks_per_level):
-            layers.append(ActNorm(dtype=dtype, name=f"actnorm_{index}_{k}"))
-            layers.append(ResidualBlock(
+        def block(k):
+            return ResidualBlock(
                 hidden_units=(self.hidden_channels, self.hidden_channels),
-                seed=self.seed + 1000 * index + 10 * k, dtype=dtype,
-                name=f"residual_{index}_{k}", **self.block_config))
-        if not last:
-            if input_shape[0] % 2 or input_shape[1] % 2:
-                raise ValueError(f"Level {index} gets {input_shape[0]}x{input_shape[1]} "
-                                 "images, which cannot be squeezed: height and width must "
-                                 "be divisible by 2^(levels - 1).")
-            layers.append(Squeeze(dtype=dtype, name=f"squeeze_{index}"))
-        return Chain(layers, dtype=dtype, name=f"level_{index}")
+                seed=self.seed + 1000 * index + 10 * k, dtype=self.dtype_policy,
+                name=f"residual_{index}_{k}", **self.block_config)
+
+        return self._normalized_blocks(index, input_shape, last, block, self.blocks_per_level)
 
     def get_config(self):
         config = super().get_config()
