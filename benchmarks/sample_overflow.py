@@ -48,14 +48,13 @@ def load(name):
 
 
 def raw_samples(flow, n, temperature, seed):
-    """`flow.sample(n, temperature, seed)` before non-finite values are zeroed."""
+    """`flow.sample(n, temperature, seed)` before non-finite values are zeroed
+    (for an image flow, the dequantized-scale values before `Dequantize`)."""
     if not isinstance(flow, kf.ImageFlow):
         return ops.convert_to_numpy(flow.sample(n, temperature=temperature, seed=seed))
-    seed = seed_generator(seed)
-    top = flow.top_prior.sample((n, *flow.top_prior.shape), None,
-                                temperature=temperature, seed=seed)
-    latents = [None] * len(flow.split_priors) + [top]
-    return ops.convert_to_numpy(flow._decode(latents, temperature, seed, raw=True))
+    z = flow.base.sample(n, seed=seed_generator(seed), temperature=temperature)
+    preprocess, multiscale = flow.bijector.bijectors[1:]
+    return ops.convert_to_numpy(preprocess.inverse(multiscale.inverse(z)[0])[0])
 
 
 def seed_of(temperature):
@@ -63,19 +62,22 @@ def seed_of(temperature):
 
 
 def trace(flow, n, temperature, log):
-    """Prints what each bijector of `_decode`'s inverse does to one batch."""
-    seed = seed_generator(seed_of(temperature))
-    h = flow.top_prior.sample((n, *flow.top_prior.shape), None,
-                              temperature=temperature, seed=seed)
+    """Prints what each bijector of the sampling inverse does to one batch."""
+    z = flow.base.sample(n, seed=seed_generator(seed_of(temperature)),
+                         temperature=temperature)
+    multiscale = flow.multiscale
+    *parts, h = multiscale.unflatten(z)
+    h, _ = multiscale.top_prior.inverse(h)
     peak = lambda v: np.nanmax(np.where(np.isfinite(v), np.abs(v), np.nan))
-    for index in reversed(range(flow.num_levels)):
-        if index < len(flow.split_priors):
-            prior = flow.split_priors[index]
-            sigma = np.exp(ops.convert_to_numpy(prior._params(None, h)[1]))
-            z = prior.sample(ops.shape(h), h, temperature=temperature, seed=seed)
-            h = ops.concatenate([z, h], axis=-1)
+    for index in reversed(range(len(multiscale.levels))):
+        if index < len(multiscale.split_priors):
+            prior = multiscale.split_priors[index]
+            sigma = np.exp(ops.convert_to_numpy(prior._params(h)[1]))
+            h, _ = prior.inverse(ops.concatenate([parts[index], h], axis=-1))
             log(f"  split_prior_{index}: largest scale {sigma.max():.3g}")
-        for bijector in reversed(flow.levels[index].bijectors):
+        level = multiscale.levels[index]
+        for bijector in reversed([b for step in level.bijectors
+                                  for b in getattr(step, "bijectors", [step])]):
             gain = ""
             if isinstance(bijector, kf.bijectors.AffineCoupling):
                 if bijector.mask == "checkerboard":

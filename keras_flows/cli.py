@@ -34,9 +34,8 @@ def _load(preset, load_weights=True):
 
 
 def _is_image_flow(flow):
-    from keras_flows.models.image_flow import ImageFlow
-
-    return isinstance(flow, ImageFlow)
+    """Whether the flow models images (height, width, channels)."""
+    return len(flow.event_shape) == 3
 
 
 def _dataset(preset):

@@ -11,22 +11,22 @@ subprocess running `python -m keras_flows.export CONFIG WEIGHTS OUT` with
     model.log_prob(x=x)["log_prob"]          # or model.signatures["log_prob"](x=x)
 
 Every signature has a batch dimension of None, takes float32 data and returns
-a dict. `given` below is nothing for an unconditional flow, `context`
-(float32, `(batch, *context_shape)`) for a conditional vector flow, and
-`labels` (int32, `(batch,)`) for a class-conditional image flow.
+a dict. `given` below is nothing for an unconditional flow and `context` for
+a conditional one: float32 `(batch, *context_shape)`, or int32 `(batch,)` for
+a class-conditional image flow (`flow.context_dtype`). Every flow, vectors
+and images alike, has the same signatures:
 
 - `log_prob(x, *given)` -> `{"log_prob": (batch,)}`: log p(x | given) in
   nats, as `flow.log_prob`; for an image flow, of the pixel values in
   [0, 256) at their bin midpoints.
-- `bits_per_dim(images, *given)` -> `{"bits_per_dim": (batch,)}` (image flows
-  only): -log p(x) / (D log 2) at the bin midpoints, as `flow.bits_per_dim`.
-- `encode(x, *given)`: the latent `f(x)`, as `flow.encode`; `{"z": ...}` for a
-  vector flow, `{"z_0": ..., ..., "z_{L-1}": ...}` for an image flow, one
-  latent per level, `z_0` the first factored out (an image flow takes no
-  labels here: its latents do not depend on them).
-- `decode(z, *given)` (vector flows) or `decode(z_0, ..., z_{L-1})` (image
-  flows) -> `{"x": ...}`: the inverse `f^-1(z)`, as `flow.decode`; images come
-  back as pixel values in [0, 255].
+- `bits_per_dim(x, *given)` -> `{"bits_per_dim": (batch,)}`:
+  -log p(x) / (D log 2), as `flow.bits_per_dim` (for images, at the bin
+  midpoints).
+- `encode(x, *given)` -> `{"z": (batch, *latent_shape)}`: the latent `f(x)`,
+  as `flow.encode` (for a multi-scale image flow, one vector of the image's
+  size: `flow.multiscale.unflatten` splits it per level).
+- `decode(z, *given)` -> `{"x": ...}`: the inverse `f^-1(z)`, as
+  `flow.decode`; images come back as pixel values in [0, 255].
 - `sample(n, temperature, seed, *given)` -> `{"x": (n, *event_shape)}`: `n`
   draws of `flow.sample` (int32 `n`, float32 `temperature`, int64 `seed`; the
   conditioning inputs hold one row per sample, so `n` must equal their
@@ -45,7 +45,7 @@ from `(seed, i)`.
 `export_onnx(flow, directory)` (or `flow.export(directory, format="onnx")`)
 converts the deterministic signatures with tf2onnx into one ONNX model each,
 `DIRECTORY/<signature>.onnx`, with the same input and output names:
-`log_prob`, `bits_per_dim` (image flows), `encode` and `decode`. `sample` is
+`log_prob`, `bits_per_dim`, `encode` and `decode`. `sample` is
 left out: tf2onnx cannot convert TensorFlow's counter-based random ops. Draw
 from the SavedModel, or for a flow whose base is a standard normal, decode
 `temperature * z` with z ~ N(0, I).
@@ -88,9 +88,8 @@ def export_onnx(flow, directory, verbose=True):
 
 
 def _export(flow, filepath, format, verbose):
-    from keras_flows.models.flow import Flow
-
-    if not isinstance(flow, Flow):
+    if not (isinstance(flow, keras.Model) and hasattr(flow, "bijector")
+            and hasattr(flow, "base")):
         raise TypeError(f"Export takes a keras_flows `Flow`; got {type(flow).__name__}.")
     filepath = os.fspath(filepath)
     if keras.backend.backend() == "tensorflow":
@@ -199,16 +198,11 @@ def _describe(spec):
 def _signatures(flow):
     """({name: tf.function} of the signatures, whether `sample` goes row by row)."""
     import tensorflow as tf
-    from keras_flows.models.image_flow import ImageFlow
 
-    image = isinstance(flow, ImageFlow)
     float32 = tf.float32
     data = tf.TensorSpec((None, *flow.event_shape), float32, name="x")
-    if image:
-        given = [] if flow.num_classes is None else [tf.TensorSpec((None,), tf.int32, "labels")]
-    else:
-        given = [] if flow.context_shape is None else [
-            tf.TensorSpec((None, *flow.context_shape), float32, "context")]
+    given = [] if flow.context_shape is None else [
+        tf.TensorSpec((None, *flow.context_shape), flow.context_dtype, "context")]
 
     def out(value):
         return tf.cast(value, float32)
@@ -216,40 +210,22 @@ def _signatures(flow):
     def log_prob(x, *given):
         return {"log_prob": out(flow.log_prob(x, *given))}
 
-    functions = {"log_prob": _function(log_prob, [data, *given])}
+    def bits_per_dim(x, *given):
+        return {"bits_per_dim": out(flow.bits_per_dim(x, *given))}
+
+    def encode(x, *given):
+        return {"z": out(flow.encode(x, *given))}
+
+    def decode(z, *given):
+        return {"x": out(flow.decode(z, *given))}
+
+    latent = tf.TensorSpec((None, *flow.base.event_shape), float32, "z")
     scalars = [tf.TensorSpec((), tf.int32, "n"), tf.TensorSpec((), float32, "temperature"),
                tf.TensorSpec((), tf.int64, "seed")]
-    if image:
-        def bits_per_dim(images, *given):
-            return {"bits_per_dim": out(flow.bits_per_dim(images, *given))}
-
-        def encode(x):
-            # The latents do not depend on the label; `encode` asks for one.
-            labels = [] if not given else [tf.zeros(tf.shape(x)[:1], tf.int32)]
-            return {f"z_{i}": out(z) for i, z in enumerate(flow.encode(x, *labels))}
-
-        def decode(*latents):
-            return {"x": out(flow.decode(list(latents)))}
-
-        probe = keras.ops.zeros((1, *flow.event_shape))
-        labels = [] if not given else [keras.ops.zeros((1,), "int32")]
-        latents = [tf.TensorSpec((None, *z.shape[1:]), float32, f"z_{i}")
-                   for i, z in enumerate(flow.encode(probe, *labels))]
-        functions.update(
-            bits_per_dim=_function(bits_per_dim, [tf.TensorSpec.from_spec(data, "images"),
-                                                  *given]),
-            encode=_function(encode, [data]),
-            decode=_function(decode, latents))
-    else:
-        def encode(x, *given):
-            return {"z": out(flow.encode(x, *given))}
-
-        def decode(z, *given):
-            return {"x": out(flow.decode(z, *given))}
-
-        latent = tf.TensorSpec((None, *flow.base.event_shape), float32, "z")
-        functions.update(encode=_function(encode, [data, *given]),
-                         decode=_function(decode, [latent, *given]))
+    functions = {"log_prob": _function(log_prob, [data, *given]),
+                 "bits_per_dim": _function(bits_per_dim, [data, *given]),
+                 "encode": _function(encode, [data, *given]),
+                 "decode": _function(decode, [latent, *given])}
     functions["sample"], row_by_row = _sampler(flow, scalars + given)
     return functions, row_by_row
 

@@ -140,6 +140,25 @@ CASES = {
     "AffineCoupling[image,bounded_sigmoid]": (
         lambda d: kb.AffineCoupling(hidden_channels=8, scale="bounded_sigmoid", dtype=d),
         (4, 4, 2), None, _normal, _normal),
+    # The multi-scale structure and Glow's priors as bijectors (bijectors/multiscale.py).
+    "SplitPrior": (lambda d: kb.SplitPrior(dtype=d), (2, 2, 4), None, _normal, _normal),
+    "SplitPrior[bounded]": (lambda d: kb.SplitPrior(scale_bound=0.5, dtype=d), (2, 2, 4),
+                            None, _normal, _normal),
+    "TopPrior": (lambda d: kb.TopPrior(dtype=d), (2, 2, 2), None, _normal, _normal),
+    "MultiScale": (
+        lambda d: kb.MultiScale(
+            [kb.Chain([kb.Squeeze(dtype=d), kb.AffineCoupling(hidden_channels=4, dtype=d)],
+                      dtype=d),
+             kb.AffineCoupling(hidden_channels=4, dtype=d)],
+            [kb.SplitPrior(dtype=d)], kb.TopPrior(dtype=d), dtype=d),
+        (4, 4, 1), None, _normal, _normal),
+    "MultiScale[no priors,remat]": (
+        lambda d: kb.MultiScale(
+            [kb.Chain([kb.Squeeze(dtype=d), kb.ActNorm(dtype=d)], dtype=d),
+             kb.Chain([kb.Squeeze(dtype=d), kb.AdditiveCoupling(hidden_channels=4,
+                                                                 dtype=d)], dtype=d)],
+            remat="step", dtype=d),
+        (4, 4, 1), None, _normal, _normal),
     # RealNVP's image couplings: ResNet conditioner, s = a * tanh(h).
     "AffineCoupling[resnet,checkerboard]": (
         lambda d: kb.AffineCoupling(hidden_channels=8, num_blocks=1, mask="checkerboard",
@@ -205,9 +224,28 @@ def dense_log_det(fn, x, eps=1e-6):
 def test_every_exported_bijector_has_a_case():
     # Maps of a manifold (sphere, simplex) are checked in test_manifold_bijectors.py.
     manifold = {n for n in kb.__all__ if getattr(getattr(kb, n), "manifold", None)}
-    exported = set(kb.__all__) - {"Bijector"} - manifold
+    # A surjection (Dequantize) has no dense Jacobian: its own test is below.
+    surjective = {n for n in kb.__all__ if getattr(getattr(kb, n), "surjective", False)}
+    exported = set(kb.__all__) - {"Bijector"} - manifold - surjective
     covered = {name.split("[")[0] for name in CASES}
     assert exported == covered, f"no checks for {exported - covered}"
+
+
+@pytest.mark.parametrize("n_bits", [8, 5])
+def test_dequantize_maps_pixels_into_their_bins_and_back(n_bits):
+    bijector = kb.Dequantize(n_bits, seed=0)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(64, 2, 2, 1)).astype("float32")
+    bins = np.floor(pixels / 2 ** (8 - n_bits))
+    y, log_det = bijector.forward(pixels)
+    np.testing.assert_array_equal(numpy(y), bins + 0.5)            # bin midpoints
+    np.testing.assert_array_equal(numpy(log_det), np.zeros(64))
+    noisy = numpy(bijector.forward(pixels, training=True)[0])
+    assert np.all((noisy >= bins) & (noisy < bins + 1)) and len(np.unique(noisy)) > 200
+    x, log_det = bijector.inverse(noisy)
+    np.testing.assert_array_equal(numpy(x), bins * 2 ** (8 - n_bits))
+    np.testing.assert_array_equal(numpy(log_det), np.zeros(64))
+    outside = numpy(bijector.inverse(np.array([[[[-3.0]]], [[[2.0 ** n_bits + 7]]]]))[0])
+    np.testing.assert_array_equal(outside.ravel(), [0.0, 255 - (2 ** (8 - n_bits) - 1)])
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -93,8 +93,7 @@ def exported(tmp_path_factory):
            "bad_n": np.int32(4)})
     for name, flow in (("image", image), ("labelled", labelled)):
         given = [inputs["labels"]] if flow.num_classes else []
-        for i, z in enumerate(flow.encode(images, *given)):
-            inputs[f"{name}.keras_z_{i}"] = numpy(z)
+        inputs[f"{name}.keras_z"] = numpy(flow.encode(images, *given))
 
     paths = {name: str(tmp / name) for name in ("vector", "image", "labelled")}
     export_saved_model(vector, paths["vector"], verbose=False)
@@ -113,21 +112,21 @@ def exported(tmp_path_factory):
              args=dict(z="vector.encode.z", context="context")),
         *sampling_calls("vector", v, context="context"),
     ]
-    for name, path, given in (("image", i, {}), ("labelled", c, {"labels": "labels"})):
+    for name, path, given in (("image", i, {}), ("labelled", c, {"context": "labels"})):
         calls += [
             dict(name=f"{name}.log_prob", path=path, fn="log_prob",
                  args=dict(x="images", **given)),
             dict(name=f"{name}.bits_per_dim", path=path, fn="bits_per_dim",
-                 args=dict(images="images", **given)),
-            dict(name=f"{name}.encode", path=path, fn="encode", args=dict(x="images")),
+                 args=dict(x="images", **given)),
+            dict(name=f"{name}.encode", path=path, fn="encode", args=dict(x="images", **given)),
             dict(name=f"{name}.decode", path=path, fn="decode",
-                 args={f"z_{k}": f"{name}.keras_z_{k}" for k in range(2)}),
+                 args=dict(z=f"{name}.keras_z", **given)),
             dict(name=f"{name}.round_trip", path=path, fn="decode",
-                 args={f"z_{k}": f"{name}.encode.z_{k}" for k in range(2)}),
+                 args=dict(z=f"{name}.encode.z", **given)),
             *sampling_calls(name, path, **given),
         ]
     calls.append(dict(name="labelled.bad_n", path=c, fn="sample", fails=True,
-                      args=dict(n="bad_n", temperature="t1", seed="seed7", labels="labels")))
+                      args=dict(n="bad_n", temperature="t1", seed="seed7", context="labels")))
 
     np.savez(tmp / "inputs.npz", **inputs)
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
@@ -164,10 +163,8 @@ def test_image_flow_signatures_match_the_model(exported, name):
     given = [inputs["labels"]] if flow.num_classes else []
     close(out[f"{name}.log_prob.log_prob"], flow.log_prob(images, *given))
     close(out[f"{name}.bits_per_dim.bits_per_dim"], flow.bits_per_dim(images, *given))
-    assert sorted(k for k in out if k.startswith(f"{name}.encode.")) == [
-        f"{name}.encode.z_0", f"{name}.encode.z_1"]
-    for i, z in enumerate(flow.encode(images, *given)):
-        close(out[f"{name}.encode.z_{i}"], z)
+    assert sorted(k for k in out if k.startswith(f"{name}.encode.")) == [f"{name}.encode.z"]
+    close(out[f"{name}.encode.z"], flow.encode(images, *given))
     np.testing.assert_array_equal(out[f"{name}.decode.x"], images)
     np.testing.assert_array_equal(out[f"{name}.round_trip.x"], images)
 
@@ -177,7 +174,7 @@ def test_class_labels_change_the_exported_density(exported):
     other = (inputs["labels"] + 1) % 3
     assert not np.allclose(numpy(flow.log_prob(inputs["images"], other)),
                            out["labelled.log_prob.log_prob"], rtol=1e-3)
-    assert "`n` must equal the number of rows of `labels`" in str(out["labelled.bad_n.error"])
+    assert "`n` must equal the number of rows of `context`" in str(out["labelled.bad_n.error"])
 
 
 @pytest.mark.parametrize("name", ["vector", "image", "labelled"])
@@ -225,8 +222,7 @@ def test_a_model_the_export_process_cannot_rebuild_fails_with_its_error(tmp_path
 def test_verbose_export_prints_the_signatures(exported):
     lines = exported["summary"].splitlines()
     assert lines[0].startswith("Saved Glow to ") and len(lines) == 6, lines
-    assert "  decode(z_0: float32[None, 4, 4, 2], z_1: float32[None, 2, 2, 8]) -> " \
-        "{x: float32[None, 8, 8, 1]}" in lines
+    assert "  decode(z: float32[None, 64]) -> {x: float32[None, 8, 8, 1]}" in lines
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +247,7 @@ def test_onnx_models_of_a_vector_flow_match_the_model(exported, onnx_exported):
     flow, inputs = exported["vector"], exported["inputs"]
     directory = onnx_exported[0] / "vector"
     assert sorted(p.name for p in directory.iterdir()) == [
-        "decode.onnx", "encode.onnx", "log_prob.onnx"]
+        "bits_per_dim.onnx", "decode.onnx", "encode.onnx", "log_prob.onnx"]
     x, context = inputs["x"], inputs["context"]
     close(run_onnx(directory / "log_prob.onnx", x=x, context=context)["log_prob"],
           flow.log_prob(x, context))
@@ -266,14 +262,14 @@ def test_onnx_models_of_a_class_conditional_glow_match_the_model(exported, onnx_
     assert summary.splitlines() == [f"wrote {directory / name}.onnx" for name in
                                     ("log_prob", "bits_per_dim", "encode", "decode")]
     images, labels = inputs["images"], inputs["labels"]
-    close(run_onnx(directory / "log_prob.onnx", x=images, labels=labels)["log_prob"],
+    close(run_onnx(directory / "log_prob.onnx", x=images, context=labels)["log_prob"],
           flow.log_prob(images, labels))
-    close(run_onnx(directory / "bits_per_dim.onnx", images=images, labels=labels)
+    close(run_onnx(directory / "bits_per_dim.onnx", x=images, context=labels)
           ["bits_per_dim"], flow.bits_per_dim(images, labels))
-    latents = run_onnx(directory / "encode.onnx", x=images)
-    for i, z in enumerate(flow.encode(images, labels)):
-        close(latents[f"z_{i}"], z)
-    np.testing.assert_array_equal(run_onnx(directory / "decode.onnx", **latents)["x"], images)
+    z = run_onnx(directory / "encode.onnx", x=images, context=labels)["z"]
+    close(z, flow.encode(images, labels))
+    np.testing.assert_array_equal(
+        run_onnx(directory / "decode.onnx", z=z, context=labels)["x"], images)
 
 
 def test_bad_export_arguments_are_refused(tmp_path):

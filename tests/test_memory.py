@@ -64,7 +64,7 @@ def test_remat_is_in_the_config_and_bad_values_are_refused():
 @pytest.mark.parametrize("remat", [None, "step"])
 def test_glow_trains_in_mixed_bfloat16_and_scores_like_float32(remat):
     flow = small_glow(dtype="mixed_bfloat16", remat=remat)
-    coupling = flow.levels[0].bijectors[3]
+    coupling = flow.multiscale.levels[0].bijectors[1].bijectors[2]
     assert coupling.conditioner.hidden[0].compute_dtype == "bfloat16"
     assert {keras.backend.standardize_dtype(w.dtype) for w in flow.weights} == {"float32"}
     flow.compile(optimizer=keras.optimizers.Adam(1e-3))
@@ -76,7 +76,7 @@ def test_glow_trains_in_mixed_bfloat16_and_scores_like_float32(remat):
         assert keras.backend.standardize_dtype(value.dtype) == "float32"
     # ActNorm's data-dependent start was stored (on PyTorch an autocast
     # variable's assignment used to be lost).
-    actnorm = flow.levels[0].bijectors[1]
+    actnorm = flow.multiscale.levels[0].bijectors[1].bijectors[0]
     assert float(ops.convert_to_numpy(actnorm.initialized)) == 1.0
     assert np.abs(ops.convert_to_numpy(actnorm.initial_log_scale)).max() > 0.1
 

@@ -11,7 +11,8 @@ from keras_flows.bijectors.linear import LULinear
 from keras_flows.bijectors.normalization import ActNorm, BatchNorm
 from keras_flows.bijectors.permutation import RandomPermutation, Reverse
 from keras_flows.bijectors.planar import Planar
-from keras_flows.bijectors.preprocessing import LogitTransform, Rescale
+from keras_flows.bijectors.multiscale import MultiScale, SplitPrior, TopPrior
+from keras_flows.bijectors.preprocessing import Dequantize, LogitTransform, Rescale
 from keras_flows.bijectors.radial import Radial
 from keras_flows.bijectors.reshape import Squeeze
 from keras_flows.bijectors.residual import ResidualBlock
@@ -27,8 +28,8 @@ __all__ = [
     "ActNorm", "BatchNorm",
     "RandomPermutation", "Reverse",
     "Planar", "Radial", "ContinuousFlow", "ResidualBlock",
-    "Squeeze",
-    "Rescale", "LogitTransform",
+    "Squeeze", "MultiScale", "SplitPrior", "TopPrior",
+    "Dequantize", "Rescale", "LogitTransform",
     "Calibration", "GeneralizedCalibration",
     "NormalizedTranslation", "NormalizedLinear", "NormalizedAffine",
 ]

@@ -199,18 +199,19 @@ class ImageFFJORD(ImageFlow):
         super().__init__(image_shape, levels, n_bits=n_bits, preprocessing="logit",
                          num_classes=num_classes, seed=seed, **kwargs)
 
-    def _make_level(self, index, input_shape, last):
+    def _make_level(self, index, input_shape, last, dtype):
         def block(k):
             return ContinuousFlow(
                 hidden_units=(self.hidden_channels,) * self.num_layers,
                 eval_seed=1000 * index + k, seed=self.seed + 1000 * index + k,
-                dtype=self.dtype_policy, name=f"cnf_{index}_{k}", **self.block_config)
+                dtype=dtype, name=f"cnf_{index}_{k}", **self.block_config)
 
-        return self._normalized_blocks(index, input_shape, last, block, self.blocks_per_level)
+        return self._normalized_blocks(index, input_shape, last, block,
+                                       self.blocks_per_level, dtype)
 
     def nfe(self):
         """Function evaluations of each continuous flow's last solve (Python ints)."""
-        return [int(keras.ops.convert_to_numpy(b.nfe)) for level in self.levels
+        return [int(keras.ops.convert_to_numpy(b.nfe)) for level in self.multiscale.levels
                 for b in level.bijectors if isinstance(b, ContinuousFlow)]
 
     def get_config(self):

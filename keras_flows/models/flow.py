@@ -1,11 +1,13 @@
 """`Flow`: a normalizing flow as a `keras.Model` trained by maximum likelihood."""
 
+import math
 import os
 
 import numpy as np
 import keras
 from keras import ops
 
+from keras_flows import metrics
 from keras_flows.bijectors.base import Bijector
 from keras_flows.distributions import Distribution, StandardNormal
 from keras_flows.utils.checks import check_event, check_sample_args
@@ -46,6 +48,9 @@ class Flow(keras.Model):
         >>> flow.compile(optimizer="adam"); flow.fit(x, epochs=10)
         >>> flow.sample(100, seed=0)
     """
+
+    #: The dtype of `context` in exported signatures (class labels: "int32").
+    context_dtype = "float32"
 
     def __init__(self, bijector, event_shape, base=None, context_shape=None, **kwargs):
         super().__init__(**kwargs)
@@ -88,10 +93,9 @@ class Flow(keras.Model):
                                  "`context_shape=` to pass a `context`.")
             return {}
         if context is None:
-            raise ValueError(
-                "This flow is conditional: pass `context` with shape (batch, "
-                f"{', '.join(map(str, self.context_shape))})."
-            )
+            expected = ("one integer class label per example" if "int" in self.context_dtype
+                        else f"shape (batch, {', '.join(map(str, self.context_shape))})")
+            raise ValueError(f"This flow is conditional: pass `context` with {expected}.")
         return {"context": context}
 
     def _unpack(self, inputs):
@@ -145,6 +149,12 @@ class Flow(keras.Model):
         """
         x, context = self._validate(x, context)
         return batched(self._log_prob, [x, context], batch_size)
+
+    def bits_per_dim(self, x, context=None, batch_size=BATCH_SIZE):
+        """-log p(x | context) / (D log 2) per example, D = prod(event_shape):
+        `log_prob` in bits per dimension."""
+        return metrics.bits_per_dim(self.log_prob(x, context, batch_size=batch_size),
+                                    math.prod(self.event_shape))
 
     def encode(self, x, context=None, batch_size=BATCH_SIZE):
         """The latent `z = f(x)` of each example."""

@@ -48,7 +48,7 @@ class Glow(ImageFlow):
             `SplitPrior`.
         remat: gradient checkpointing in training: None, "step" (each
             ActNorm, permutation and coupling step recomputed in the
-            backward pass: the least memory) or "level" (see `ImageFlow`).
+            backward pass: the least memory) or "level" (see `MultiScale`).
         dtype: e.g. "mixed_bfloat16": bfloat16 compute, float32 variables,
             log-dets and log-densities summed in float32.
 
@@ -79,37 +79,32 @@ class Glow(ImageFlow):
         super().__init__(image_shape, levels, n_bits=n_bits, preprocessing="scale",
                          num_classes=num_classes, seed=seed, **kwargs)
 
-    def _make_level(self, index, input_shape, last):
+    def _make_level(self, index, input_shape, last, dtype):
         h, w = input_shape[0], input_shape[1]
         if h % 2 or w % 2:
             raise ValueError(f"Level {index} gets {h}x{w} images, which cannot be squeezed: "
                              f"height and width must be divisible by 2^levels.")
-        dtype = self.dtype_policy
-        layers = [Squeeze(dtype=dtype, name=f"squeeze_{index}")]
+        steps = [Squeeze(dtype=dtype, name=f"squeeze_{index}")]
         for k in range(self.steps_per_level):
             name = f"{index}_{k}"
             seed = self.seed + index * 1000 + k
-            layers.append(ActNorm(dtype=dtype, name=f"actnorm_{name}"))
             if self.permutation == "conv":
-                layers.append(InvertibleConv1x1(lu=self.lu, seed=seed, dtype=dtype,
-                                                name=f"conv1x1_{name}"))
+                permutation = InvertibleConv1x1(lu=self.lu, seed=seed, dtype=dtype,
+                                                name=f"conv1x1_{name}")
             elif self.permutation == "reverse":
-                layers.append(Reverse(dtype=dtype, name=f"reverse_{name}"))
+                permutation = Reverse(dtype=dtype, name=f"reverse_{name}")
             else:
-                layers.append(RandomPermutation(seed=seed, dtype=dtype, name=f"shuffle_{name}"))
+                permutation = RandomPermutation(seed=seed, dtype=dtype, name=f"shuffle_{name}")
             if self.coupling == "affine":
-                layers.append(AffineCoupling(hidden_channels=self.hidden_channels,
-                                             scale=self.scale,
-                                             scale_bound=self.scale_bound, dtype=dtype,
-                                             name=f"coupling_{name}"))
+                coupling = AffineCoupling(hidden_channels=self.hidden_channels,
+                                          scale=self.scale, scale_bound=self.scale_bound,
+                                          dtype=dtype, name=f"coupling_{name}")
             else:
-                layers.append(AdditiveCoupling(hidden_channels=self.hidden_channels,
-                                               dtype=dtype, name=f"coupling_{name}"))
-        return Chain(layers, dtype=dtype, name=f"level_{index}")
-
-    def _steps(self, index):
-        squeeze, *rest = self.levels[index].bijectors
-        return [[squeeze]] + [rest[i:i + 3] for i in range(0, len(rest), 3)]
+                coupling = AdditiveCoupling(hidden_channels=self.hidden_channels,
+                                            dtype=dtype, name=f"coupling_{name}")
+            steps.append(Chain([ActNorm(dtype=dtype, name=f"actnorm_{name}"), permutation,
+                                coupling], dtype=dtype, name=f"step_{name}"))
+        return Chain(steps, dtype=dtype, name=f"level_{index}")
 
     def get_config(self):
         config = super().get_config()

@@ -157,8 +157,7 @@ class ImageRealNVP(ImageFlow):
         super().__init__(image_shape, levels, n_bits=n_bits, preprocessing="logit",
                          num_classes=num_classes, seed=seed, **kwargs)
 
-    def _coupling(self, mask, reverse, width, name):
-        dtype = self.dtype_policy
+    def _coupling(self, mask, reverse, width, name, dtype):
         norm = (BatchNorm(self.momentum, dtype=dtype, name=f"batch_norm_{name}")
                 if self.normalization == "batch"
                 else ActNorm(dtype=dtype, name=f"actnorm_{name}"))
@@ -167,21 +166,21 @@ class ImageRealNVP(ImageFlow):
                                dtype=dtype, name=name),
                 norm]
 
-    def _make_level(self, index, input_shape, last):
+    def _make_level(self, index, input_shape, last, dtype):
         width = self.hidden_channels * 2**index
         layers = []
         for k in range(4 if last else 3):
             layers += self._coupling("checkerboard", k % 2 == 1, width,
-                                     f"checker_{index}_{k}")
+                                     f"checker_{index}_{k}", dtype)
         if not last:
             if input_shape[0] % 2 or input_shape[1] % 2:
                 raise ValueError(f"Scale {index} gets {input_shape[0]}x{input_shape[1]} "
                                  "images, which cannot be squeezed.")
-            layers.append(Squeeze(dtype=self.dtype_policy, name=f"squeeze_{index}"))
+            layers.append(Squeeze(dtype=dtype, name=f"squeeze_{index}"))
             for k in range(3):
                 layers += self._coupling("channel", k % 2 == 1, 2 * width,
-                                         f"channel_{index}_{k}")
-        return Chain(layers, dtype=self.dtype_policy, name=f"scale_{index}")
+                                         f"channel_{index}_{k}", dtype)
+        return Chain(layers, dtype=dtype, name=f"scale_{index}")
 
     def get_config(self):
         config = super().get_config()

@@ -166,14 +166,15 @@ class ImageResidualFlow(ImageFlow):
         super().__init__(image_shape, levels, n_bits=n_bits, preprocessing="logit",
                          num_classes=num_classes, seed=seed, **kwargs)
 
-    def _make_level(self, index, input_shape, last):
+    def _make_level(self, index, input_shape, last, dtype):
         def block(k):
             return ResidualBlock(
                 hidden_units=(self.hidden_channels, self.hidden_channels),
-                seed=self.seed + 1000 * index + 10 * k, dtype=self.dtype_policy,
+                seed=self.seed + 1000 * index + 10 * k, dtype=dtype,
                 name=f"residual_{index}_{k}", **self.block_config)
 
-        return self._normalized_blocks(index, input_shape, last, block, self.blocks_per_level)
+        return self._normalized_blocks(index, input_shape, last, block,
+                                       self.blocks_per_level, dtype)
 
     def get_config(self):
         config = super().get_config()
