@@ -28,7 +28,11 @@ command. The data comes from `--data`, else KERAS_FLOWS_DATA, else (MNIST,
 Fashion-MNIST, CIFAR-10) a download kept in the cache. `--init
 PRESET` starts from a preset's weights (the optimizer starts afresh: keep a
 warmup) and counts its steps and time in the totals; `--preset DIR` writes
-the result as a preset. Errors (a bad config, a missing data file, a full
+the result as a preset. `--distribution mirrored` (TensorFlow) or
+`data_parallel` (JAX), or the config's `training.distribution`, trains on every
+local device with each global batch split evenly between them, with the
+results of one device (see `keras_flows.distribute` and
+guides/distributed_training.md). Errors (a bad config, a missing data file, a full
 disk) end with one line and exit code 1; `--verbose` shows the traceback.
 """
 
@@ -49,6 +53,7 @@ import keras
 from keras import ops
 
 import keras_flows as kf
+from keras_flows import distribute
 from keras_flows.callbacks import Checkpoint, NaNGuard, SampleGrid, Warmup
 from keras_flows.metrics import mean_bits_per_dim
 from keras_flows.utils.backend import device_description
@@ -92,6 +97,10 @@ def main(argv=None, prog=None):
     parser.add_argument("--preset", metavar="DIR",
                         help="also write the trained model as a preset (config.json, "
                              "model.weights.h5, metadata.json with the figures)")
+    parser.add_argument("--distribution", choices=list(distribute.DISTRIBUTIONS),
+                        help="data-parallel training: 'mirrored' (TensorFlow's "
+                             "MirroredStrategy), 'data_parallel' (JAX's DataParallel) or "
+                             "'none' (default: the config's training.distribution, else none)")
     parser.add_argument("--verbose", action="store_true",
                         help="show the traceback of an error, not only its message")
     args = parser.parse_args(argv)
@@ -109,7 +118,7 @@ def _run(args, parser, argv):
         _override(config, item, parser)
     data, train = config["dataset"], config["training"]
     # The budget given on the command line is the one the metadata records.
-    for key in ("epochs", "steps_per_epoch", "max_minutes"):
+    for key in ("epochs", "steps_per_epoch", "max_minutes", "distribution"):
         if getattr(args, key) is not None:
             train[key] = getattr(args, key)
     keras.utils.set_random_seed(train.get("seed", 0))
@@ -124,11 +133,12 @@ def _run(args, parser, argv):
     if args.evaluate_only:
         flow = keras.saving.load_model(os.path.join(args.out, "model.keras"))
     else:
-        flow = _build(config, args.config)
-        if args.init:
-            previous = _initialize(flow, args.init, config["model"])
-        progress = _train(flow, config, args, x_train, y_train if conditional else None,
-                          x_test, labels)
+        with distribute.scope(train.get("distribution", "none")):
+            flow = _build(config, args.config)
+            if args.init:
+                previous = _initialize(flow, args.init, config["model"])
+            progress = _train(flow, config, args, x_train, y_train if conditional else None,
+                              x_test, labels)
     bpd = mean_bits_per_dim(flow, x_test, labels, num_samples=1)
     midpoint = mean_bits_per_dim(flow, x_test, labels)
     results_path = os.path.join(args.out, "results.json")
@@ -218,7 +228,8 @@ def _train(flow, config, args, x_train, y_train, x_test, labels):
     while state["step"] < total:
         if state["step"] % steps_per_epoch == 0:
             flow.reset_metrics()
-        logs = flow.train_on_batch(next(batches), return_dict=True)
+        logs = flow.train_on_batch(distribute.split_batch(flow, next(batches)),
+                                   return_dict=True)
         guard.on_train_batch_end(state["step"] % steps_per_epoch, logs)
         state["step"] += 1
         epoch, done = divmod(state["step"], steps_per_epoch)

@@ -305,6 +305,8 @@ class MultiScale(Bijector):
         return {} if self.context_shape is None else {"context": context}
 
     def _level_forward(self, level, h, training):
+        if not level.built:   # its members are called one by one below
+            level.build(h.shape)
         members = list(getattr(level, "bijectors", [level]))
         if not (training and self.remat):
             return forward_through(members, h, training)

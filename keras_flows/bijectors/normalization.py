@@ -4,12 +4,30 @@ import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector, num_positions, per_example
+from keras_flows.utils.backend import cross_replica_mean
 from keras_flows.utils.math import upcast
 
 
-def _channel_axes(x):
-    """Every axis but the last (channel) one: the axes statistics run over."""
-    return tuple(range(len(x.shape) - 1))
+def _moments(x):
+    """Per-channel mean and (biased) variance of `x` over the GLOBAL batch.
+
+    The statistics run over every axis but the last (channel) one. Under
+    data-parallel training each replica holds a share of the batch; with R
+    replicas holding EQUAL shares (as `tf.distribute` splits a global batch),
+    the replicas' mean m_r and variance v_r combine with equal weights:
+
+        m = mean_r m_r,    v = mean_r (v_r + (m_r - m)^2)
+
+    (the law of total variance; no cancellation, unlike E[x^2] - m^2).
+    Elsewhere (one device, or JAX's `DataParallel`, which already sees the
+    global batch) `cross_replica_mean` is the identity, m_r - m is exactly 0
+    and the result is exactly `ops.mean` and `ops.var`.
+    """
+    axes = tuple(range(len(x.shape) - 1))
+    local_mean, local_var = ops.mean(x, axis=axes), ops.var(x, axis=axes)
+    mean = cross_replica_mean(local_mean)
+    var = cross_replica_mean(local_var + ops.square(local_mean - mean))
+    return mean, var
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -28,7 +46,10 @@ class ActNorm(Bijector):
     Data-dependent initialisation: the first call with `training=True` (the
     first `fit` step) sets `b = -mean(x)` and `s = -log(std(x) + epsilon)` per
     channel from that batch, so that `z` has zero mean and unit variance per
-    channel. Until then the layer is the identity (also under
+    channel. Under data-parallel training (`tf.distribute`, JAX's
+    `DataParallel`, PyTorch DDP) the statistics are those of the global
+    batch, so every replica makes the same start; the replicas' shares of the
+    batch must be of equal size. Until then the layer is the identity (also under
     `training=False`, e.g. in `Flow.build`, `predict` or `log_prob`).
 
     How it stays correct inside a compiled, stateless train step (JAX's
@@ -90,10 +111,8 @@ class ActNorm(Bijector):
         dtype = x.dtype
         init_bias, init_log_scale = self._stored_start(dtype)
         if training:
-            axes = _channel_axes(x)
-            data = ops.stop_gradient(x)
-            mean = ops.mean(data, axis=axes)
-            std = ops.sqrt(ops.var(data, axis=axes))
+            mean, var = _moments(ops.stop_gradient(x))
+            std = ops.sqrt(var)
             done = ops.cast(self.initialized, dtype) > 0.5
             init_bias = ops.where(done, init_bias, -mean)
             init_log_scale = ops.where(done, init_log_scale,
@@ -139,7 +158,8 @@ class BatchNorm(Bijector):
     `g` (`log_gamma`) and `beta` are learned, both zero at the start.
 
     - `training=True` (`fit`): m, v are the batch mean and (biased) variance,
-      and gradients flow through them as in RealNVP; the log-det treats them
+      of the global batch under data-parallel training (replicas holding
+      equal shares of it), and gradients flow through them as in RealNVP; the log-det treats them
       as the constants they are for the batch. The non-trainable
       `moving_mean` / `moving_variance` are updated as
       `moving = momentum * moving + (1 - momentum) * batch`.
@@ -200,9 +220,7 @@ class BatchNorm(Bijector):
     def _forward(self, x, context=None, training=False):
         dtype = x.dtype
         if training:
-            axes = _channel_axes(x)
-            mean = ops.mean(x, axis=axes)
-            var = ops.var(x, axis=axes)
+            mean, var = _moments(x)
             m = self.momentum
             for moving, batch in ((self.moving_mean, mean),
                                   (self.moving_variance, var)):

@@ -39,8 +39,9 @@ class Distribution(keras.layers.Layer):
         return ops.reshape(ops.cast(z, self.compute_dtype), (-1, self.event_size))
 
     def _normal(self, n, seed):
-        return keras.random.normal((int(n), self.event_size), seed=seed,
-                                   dtype=self.compute_dtype)
+        # A tensor `n` (TensorFlow graphs: the exported sampler) stays one.
+        n = n if keras.ops.is_tensor(n) else int(n)
+        return keras.random.normal((n, self.event_size), seed=seed, dtype=self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0],)

@@ -9,6 +9,7 @@ from keras import ops
 
 from keras_flows import metrics
 from keras_flows.bijectors.base import Bijector
+from keras_flows.distribute import loss_share
 from keras_flows.distributions import Distribution, StandardNormal
 from keras_flows.utils.checks import check_event, check_sample_args
 from keras_flows.utils.inference import BATCH_SIZE, batched
@@ -114,7 +115,8 @@ class Flow(keras.Model):
         loss = self._data_loss(upcast(-y_pred), sample_weight)
         for extra in self.losses:
             loss = loss + ops.cast(extra, loss.dtype)
-        return loss
+        # Under tf.distribute each replica returns its share (see `loss_share`).
+        return loss_share(loss)
 
     def _data_loss(self, nll, sample_weight):
         """The mean negative log-likelihood (nats), weighted if asked."""

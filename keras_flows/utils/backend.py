@@ -230,3 +230,41 @@ def device_description():
         if gpus:
             return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
     return f"{platform.machine()}, {os.cpu_count()} CPU cores"
+
+
+def cross_replica_mean(x):
+    """The mean of `x` over the replicas of a data-parallel step; `x` itself
+    elsewhere.
+
+    Each replica passes its own value (e.g. a statistic of its share of the
+    batch) and gets back the mean over all replicas, differentiably.
+
+    - TensorFlow: inside a `tf.distribute` replica context with more than one
+      replica (`MirroredStrategy`, `MultiWorkerMirroredStrategy`),
+      `ReplicaContext.all_reduce(MEAN, x)`, whose gradient is the all-reduced
+      mean of the replicas' gradients.
+    - JAX: `x`. Under `keras.distribution.DataParallel` the train step is one
+      program over the global batch, sharded across the devices, so a
+      `keras.ops` reduction over the batch is already global.
+    - PyTorch: when `torch.distributed` is initialised with more than one
+      process (DistributedDataParallel under `torchrun`), the sum over the
+      processes by `torch.distributed.nn.functional.all_reduce` (which
+      carries gradients) divided by their number.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return x
+        return context.all_reduce(tf.distribute.ReduceOp.MEAN, x)
+    if backend == "torch":
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return x
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(x) / dist.get_world_size()
+    return x
