@@ -56,12 +56,11 @@ flow.fit(x_train, batch_size=256, epochs=2 if args.fast else 30, verbose=0)
 # None, takes float32 and returns a dict:
 #
 # - `log_prob(x)` -> {"log_prob"}: log p(x) in nats;
+# - `bits_per_dim(x)` -> {"bits_per_dim"}: -log p(x) / (D log 2);
 # - `sample(n, temperature, seed)` -> {"x"}: n draws, the same for the same seed;
 # - `encode(x)` -> {"z"} and `decode(z)` -> {"x"}: the map and its inverse;
-# - image flows add `bits_per_dim(images)`, and their `encode`/`decode`
-#   carry one latent per level (`z_0`, ..., `z_{L-1}`); conditional flows
-#   take `context` (vector flows) or int32 `labels` (class-conditional image
-#   flows) as a further input.
+# - conditional flows take `context` as a further input (int32 class labels
+#   for a class-conditional image flow). Image flows have the same signatures.
 
 path = out / "moons_saved_model"
 flow.export(os.fspath(path))
@@ -95,8 +94,8 @@ print(f"served log_prob vs the Keras model: max difference {log_prob_error:.1e} 
 #
 # With `pip install keras-flows[onnx]` (tf2onnx, onnxruntime),
 # `flow.export("onnx/", format="onnx")` writes one ONNX model per
-# deterministic signature (`log_prob.onnx`, `encode.onnx`, `decode.onnx`, and
-# `bits_per_dim.onnx` for image flows), with the same input and output names:
+# deterministic signature (`log_prob.onnx`, `bits_per_dim.onnx`, `encode.onnx`,
+# `decode.onnx`), with the same input and output names:
 #
 #     import onnxruntime
 #     onnxruntime.InferenceSession("onnx/log_prob.onnx").run(None, {"x": x})[0]
