@@ -19,12 +19,13 @@ from keras_flows.train import check_subset
 from real_data import dataset_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-FAMILY_CLASS = {"glow": kf.Glow, "realnvp": kf.RealNVP, "maf": kf.MAF, "nsf": kf.NSF}
+FAMILY_CLASS = {"glow": kf.Glow, "realnvp": kf.RealNVP, "maf": kf.MAF, "nsf": kf.NSF,
+                "ffjord": kf.FFJORD, "residual_flow": kf.ResidualFlow}
 IMAGE_PRESETS = [n for n, e in presets.MANIFEST.items() if "test_bits_per_dim" in e]
 
 
 def _short(name):
-    return name.split("_", 1)[1]
+    return name[len(presets.MANIFEST[name]["family"]) + 1:]
 
 
 def test_manifest_lists_every_preset_in_pretrained_with_its_files_hashes():

@@ -10,6 +10,7 @@ from keras_flows.bijectors.base import (Bijector, deserialize_sublayers, per_exa
 from keras_flows.layers.concat_squash import VectorField
 from keras_flows.utils.backend import vjp
 from keras_flows.utils.ode import METHODS, odeint
+from keras_flows.utils.random import fixed_probe
 
 TRACES = ("exact", "hutchinson")
 NOISES = ("rademacher", "gaussian")
@@ -46,8 +47,9 @@ class ContinuousFlow(Bijector):
     evaluation, `Flow.log_prob`) `eval_trace` is used, `"exact"` by default,
     so that log-densities are exact and deterministic; for large D set
     `eval_trace="hutchinson"`, and the probes are then drawn from the fixed
-    integer seed `eval_seed`: the same estimate every call for the same
-    batch (still an estimate, unbiased over seeds).
+    integer seed `eval_seed` (with NumPy when the batch size is known,
+    `utils.random.fixed_probe`): the same estimate every call for the same
+    batch, on every backend (still an estimate, unbiased over seeds).
 
     Regularisers (RNODE, Finlay et al. 2020), only with `training=True` and
     a positive coefficient, each added with `add_loss` as its coefficient
@@ -211,6 +213,8 @@ class ContinuousFlow(Bijector):
             ones = ops.ones_like(z)
             return [ones * ops.reshape(eye[i], event) for i in range(math.prod(event))]
         seed = self.seed_generator if training else self.eval_seed
+        if not training and None not in z.shape:
+            return [fixed_probe(tuple(z.shape), z.dtype, seed, self.noise)]
         if self.noise == "gaussian":
             return [keras.random.normal(ops.shape(z), dtype=z.dtype, seed=seed)]
         bits = keras.random.randint(ops.shape(z), 0, 2, seed=seed)

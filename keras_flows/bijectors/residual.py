@@ -2,12 +2,14 @@
 
 import math
 
+import numpy as np
 import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector, per_example, sum_except_batch
 from keras_flows.layers.lipschitz import LipSwish, SpectralConv2D, SpectralDense
 from keras_flows.utils.backend import is_concrete, matmul, no_grad, vjp
+from keras_flows.utils.random import fixed_probe
 
 LOG_DETS = ("exact", "series")
 NOISES = ("rademacher", "gaussian")
@@ -58,8 +60,9 @@ class ResidualBlock(Bijector):
 
     `log_det` is the method with `training=True`, `eval_log_det` with
     `training=False` (`log_prob`, `evaluate`, sampling); with `"series"` at
-    inference the probe and N come from the fixed seed `eval_seed`, so a call
-    is deterministic. Each training call also advances the spectral-norm
+    inference the probe and N come from the fixed seed `eval_seed`, drawn
+    with NumPy when the batch size is known (`utils.random.fixed_probe`), so
+    a call is deterministic and gives the same estimate on every backend. Each training call also advances the spectral-norm
     power iteration of each linear layer by one update (warm start).
 
     Args:
@@ -213,6 +216,8 @@ class ResidualBlock(Bijector):
         return gx, ops.where(finite, log_det, float("nan"))
 
     def _probe(self, x, seed):
+        if isinstance(seed, int) and None not in x.shape:
+            return fixed_probe(tuple(x.shape), x.dtype, seed, self.noise)
         if self.noise == "gaussian":
             return keras.random.normal(ops.shape(x), dtype=x.dtype, seed=seed)
         bits = keras.random.randint(ops.shape(x), 0, 2, seed=seed)
@@ -222,6 +227,9 @@ class ResidualBlock(Bijector):
         """N = n + G, G ~ Geometric(p) on {0, 1, ...} (n without roulette)."""
         if self.geometric_p is None:
             return ops.convert_to_tensor(self.series_terms)
+        if isinstance(seed, int):  # the same N on every backend
+            tail = np.random.default_rng(seed).geometric(self.geometric_p) - 1
+            return ops.convert_to_tensor(min(tail + self.series_terms, self.max_terms), "int32")
         # G = floor(log U / log(1 - p)) for U uniform in (0, 1].
         uniform = 1.0 - keras.random.uniform((), seed=seed)
         tail = ops.floor(ops.log(uniform) / math.log1p(-self.geometric_p))
