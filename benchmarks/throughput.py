@@ -4,7 +4,8 @@ backend against zuko, nflows, flowjax and TensorFlow Probability.
 
     python benchmarks/throughput.py [--steps N | --seconds 5] [--repeats 3]
         [--only keras_flows,zuko,nflows,flowjax,tfp] [--backends tensorflow,jax,torch]
-        [--models realnvp,maf,nsf,nsf_coupling] [--jit] [--threads T] [--markdown]
+        [--models realnvp,maf,nsf,nsf_coupling] [--jit [auto|true|both]] [--threads T]
+        [--markdown]
     python benchmarks/throughput.py --profile [--backends jax] [--models realnvp]
 
 `--threads 1` pins every library to one CPU thread (use it on a shared
@@ -33,7 +34,7 @@ N * 512 rows. steps/s = N / wall time of the epoch; the table gives the
 median of the R epochs (and min-max).
 
 - keras_flows: the plain user path, `model.compile(optimizer=Adam(1e-3))`
-  (`jit_compile="auto"`, or True with `--jit`) and
+  (`jit_compile="auto"`; True with `--jit`; each in turn with `--jit both`) and
   `model.fit(x, batch_size=512, epochs=1, verbose=0)` on a NumPy array; the
   timed wall time is the whole `fit` call (data checks, data adapter,
   shuffling, callbacks). The resolved `jit_compile` is printed.
@@ -465,7 +466,7 @@ def child(args):
         print(json.dumps(result))
         return
     try:
-        entry = ENTRIES[library](model, jit=args.jit)
+        entry = ENTRIES[library](model, jit=args.jit == "true")
     except NotAvailable as error:
         result.update(status="not available", note=str(error))
         print(json.dumps(result))
@@ -476,13 +477,12 @@ def child(args):
     print(json.dumps(result))
 
 
-def run_child(library, backend, model, args):
+def run_child(library, backend, model, args, jit="auto"):
     command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", library,
-               model, "--repeats", str(args.repeats), "--seconds", str(args.seconds)]
+               model, "--repeats", str(args.repeats), "--seconds", str(args.seconds),
+               "--jit", jit]
     if args.steps:
         command += ["--steps", str(args.steps)]
-    if args.jit:
-        command.append("--jit")
     run = subprocess.run(command + thread_args(args), env=child_env(backend, args),
                          capture_output=True, text=True)
     lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
@@ -568,11 +568,11 @@ def profile_child(args):
     model = args.models.split(",")[0]
 
     def fresh(steps_per_execution=1):
-        entry = keras_flows_entry(model, jit=args.jit)
+        entry = keras_flows_entry(model, jit=args.jit == "true")
         flow = entry["flow"]
         flow.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
                      steps_per_execution=steps_per_execution,
-                     jit_compile=True if args.jit else "auto")
+                     jit_compile=True if args.jit == "true" else "auto")
         return entry, flow
 
     entry, flow = fresh()
@@ -663,7 +663,7 @@ def profile(args):
     command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--profile-child",
                "--models", args.models, "--repeats", str(args.repeats),
                "--seconds", str(args.seconds)] + (["--steps", str(args.steps)] if args.steps
-                                                  else []) + (["--jit"] if args.jit else [])
+                                                  else []) + ["--jit", args.jit]
     run = subprocess.run(command + thread_args(args), env=child_env(backend, args),
                          capture_output=True, text=True)
     lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
@@ -697,8 +697,10 @@ def main():
                         help="keras_flows backends (with --profile: the first)")
     parser.add_argument("--models", default=",".join(MODELS),
                         help="models: " + ",".join(MODELS) + " (with --profile: the first)")
-    parser.add_argument("--jit", action="store_true",
-                        help="keras_flows: compile(jit_compile=True) instead of 'auto'")
+    parser.add_argument("--jit", nargs="?", const="true", default="auto",
+                        choices=["auto", "true", "both"],
+                        help="keras_flows: compile(jit_compile='auto') (default), True "
+                             "(--jit), or each in turn (--jit both; not with --profile)")
     parser.add_argument("--threads", type=int, default=None,
                         help="cap every library's CPU threads (OMP/torch, TensorFlow; "
                              "JAX only for 1); default: each library's own default")
@@ -712,6 +714,8 @@ def main():
     if args.profile_child:
         return profile_child(args)
     if args.profile:
+        if args.jit == "both":
+            parser.error("--profile takes --jit or --jit true, not --jit both")
         return profile(args)
 
     unknown = (set(args.only.split(",")) - set(LIBRARIES)) | (
@@ -733,7 +737,10 @@ def main():
                     if library != "keras_flows" or b in args.backends.split(",")]
         for backend in backends:
             for model in args.models.split(","):
-                print_row(row(run_child(library, backend, model, args)), args.markdown)
+                jits = ["auto", "true"] if args.jit == "both" else [args.jit]
+                for jit in jits if library == "keras_flows" else ["auto"]:
+                    print_row(row(run_child(library, backend, model, args, jit)),
+                              args.markdown)
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,9 @@ default) take the next batches of that stream.
 
 Each completed epoch writes a sample grid and a row of OUT/log.csv (train
 loss, test bits/dim at bin midpoints of `--eval-images` test images, training
-seconds so far); an epoch cut by `--max-minutes` writes neither. The end
+seconds so far, and for FFJORD the mean function evaluations of the ODE
+solves per training step, `nfe_per_step`, the forward solves' sum over
+blocks); an epoch cut by `--max-minutes` writes neither. The end
 writes OUT/model.keras and OUT/results.json with the full test split's
 bits/dim (one uniform-dequantization draw per image, the papers' figure, and
 at bin midpoints), parameter count, epochs, steps, training time (this run's
@@ -225,16 +227,22 @@ def _train(flow, config, args, x_train, y_train, x_test, labels):
     batches = _batches(x_train, y_train, batch_size, spec["seed"], spec["flip"], state["step"])
     budget = 60 * train.get("max_minutes") if train.get("max_minutes") else math.inf
     start, first, seconds = time.time(), state["step"], state["seconds"]
+    counts_nfe = callable(getattr(flow, "nfe", None))
     while state["step"] < total:
         if state["step"] % steps_per_epoch == 0:
             flow.reset_metrics()
+            nfe = 0
         logs = flow.train_on_batch(distribute.split_batch(flow, next(batches)),
                                    return_dict=True)
+        if counts_nfe:
+            nfe += sum(flow.nfe())
         guard.on_train_batch_end(state["step"] % steps_per_epoch, logs)
         state["step"] += 1
         epoch, done = divmod(state["step"], steps_per_epoch)
         if done == 0:
             logs = {"loss": float(logs["loss"])}
+            if counts_nfe:
+                logs["nfe_per_step"] = round(nfe / steps_per_epoch, 2)
             grid.on_epoch_end(epoch - 1, logs)
             state["seconds"] = seconds + time.time() - start
             state["rows"].append({"epoch": epoch - 1, **logs,

@@ -44,6 +44,23 @@ def test_train_writes_results_and_resumes(tmp_path, data):
     assert json.loads((out / "results.json").read_text())["optimizer_steps"] == 8
 
 
+def test_ffjord_logs_function_evaluations_per_step(tmp_path, data):
+    # Two levels of one continuous flow each, RK4 in 2 steps: four evaluations
+    # of the dynamics a step, so 2 x 2 x 4 = 16 a training step.
+    config = json.loads(CONFIG.read_text())
+    config.update(model="ImageFFJORD", model_config={
+        "image_shape": [28, 28, 1], "levels": 2, "blocks_per_level": 1, "hidden_channels": 4,
+        "num_layers": 1, "solver": "rk4", "steps": 2, "seed": 0})
+    config["dataset"]["batch_size"] = 8
+    config["training"].update(epochs=1, steps_per_epoch=2)
+    path = tmp_path / "ffjord.json"
+    path.write_text(json.dumps(config))
+    train.main([str(path), "--out", str(tmp_path / "run"), "--data", str(data),
+                "--eval-images", "4"])
+    header, row = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert dict(zip(header.split(","), row.split(",")))["nfe_per_step"] == "16.0"
+
+
 def test_the_data_order_is_a_function_of_the_seed_and_the_position():
     x = np.arange(10 * 2 * 3, dtype="uint8").reshape(10, 2, 3, 1)
     y = np.arange(10)

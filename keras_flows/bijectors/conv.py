@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector, num_positions, per_example
+from keras_flows.utils.backend import constant
 from keras_flows.utils.math import upcast
 
 
@@ -111,6 +112,8 @@ class InvertibleConv1x1(Bijector):
             )
         if len(self.sign) != dim or any(s not in (1.0, -1.0) for s in self.sign):
             raise ValueError(f"`sign` must be {dim} values of +1 or -1; got {self.sign}.")
+        self._permutation_tensor = constant(np.asarray(self.permutation, "int32"), "int32")
+        self._sign_tensor = constant(np.asarray(self.sign), self.variable_dtype)
         self.lower = self.add_weight(name="lower", shape=(dim, dim),
                                      initializer=_constant(np.tril(lower, -1)),
                                      autocast=False)
@@ -126,14 +129,11 @@ class InvertibleConv1x1(Bijector):
         """`L` and `U + diag(sign_s * exp(log_s))` in `dtype`."""
         ones = ops.ones((self.dim, self.dim), dtype=dtype)
         eye = ops.eye(self.dim, dtype=dtype)
-        sign = ops.convert_to_tensor(np.asarray(self.sign), dtype=dtype)
+        sign = ops.cast(self._sign_tensor, dtype)
         lower = ops.cast(self.lower, dtype) * ops.tril(ones, -1) + eye
         upper = (ops.cast(self.upper, dtype) * ops.triu(ones, 1)
                  + eye * (sign * ops.exp(ops.cast(self.log_s, dtype))))
         return lower, upper
-
-    def _permutation(self):
-        return ops.convert_to_tensor(np.asarray(self.permutation, dtype="int32"))
 
     def weight(self, dtype=None):
         """The matrix `W`, shape `(C, C)`."""
@@ -141,7 +141,7 @@ class InvertibleConv1x1(Bijector):
         if not self.lu:
             return ops.cast(self.kernel, dtype)
         lower, upper = self._factors(dtype)
-        return ops.take(ops.einsum("ij,jk->ik", lower, upper), self._permutation(),
+        return ops.take(ops.einsum("ij,jk->ik", lower, upper), self._permutation_tensor,
                         axis=0)
 
     def inverse_weight(self, dtype=None):
@@ -154,7 +154,7 @@ class InvertibleConv1x1(Bijector):
         eye = ops.eye(self.dim, dtype=dtype)
         lu_inverse = ops.solve_triangular(
             upper, ops.solve_triangular(lower, eye, lower=True), lower=False)
-        return ops.take(lu_inverse, self._permutation(), axis=1)
+        return ops.take(lu_inverse, self._permutation_tensor, axis=1)
 
     def _log_det(self, x):
         # In the variables' dtype: float32 under mixed precision, where the

@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector
+from keras_flows.utils.backend import constant
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -62,7 +63,8 @@ class LULinear(Bijector):
                 f"got {self.permutation}."
             )
         self.dim = dim
-        self._inverse_permutation = [int(i) for i in np.argsort(self.permutation)]
+        self._permutation_tensor = constant(np.asarray(self.permutation, "int32"), "int32")
+        self._inverse_tensor = constant(np.argsort(self.permutation).astype("int32"), "int32")
         self.lower = self.add_weight(name="lower", shape=(dim, dim),
                                      initializer="zeros")
         self.upper = self.add_weight(name="upper", shape=(dim, dim),
@@ -85,10 +87,10 @@ class LULinear(Bijector):
         """The dense matrix `W = P L U`, shape `(D, D)`."""
         dtype = dtype or self.compute_dtype
         lower, upper = self._factors(dtype)
-        perm = ops.convert_to_tensor(np.asarray(self.permutation, dtype="int32"))
         # `einsum`, not `matmul`: Keras' torch `matmul` computes float64 in
         # float32 (its dtype promotion maps 64-bit types to 32-bit).
-        return ops.take(ops.einsum("ij,jk->ik", lower, upper), perm, axis=0)
+        return ops.take(ops.einsum("ij,jk->ik", lower, upper), self._permutation_tensor,
+                        axis=0)
 
     def _log_det(self, x):
         value = ops.sum(ops.cast(self.log_abs_diag, x.dtype))
@@ -101,9 +103,8 @@ class LULinear(Bijector):
 
     def _inverse(self, z, context=None, training=False):
         lower, upper = self._factors(z.dtype)
-        inv = ops.convert_to_tensor(
-            np.asarray(self._inverse_permutation, dtype="int32"))
-        y = ops.take(z - ops.cast(self.bias, z.dtype), inv, axis=1)  # rows of P^T y
+        # The rows of P^T y.
+        y = ops.take(z - ops.cast(self.bias, z.dtype), self._inverse_tensor, axis=1)
         y = ops.solve_triangular(lower, ops.transpose(y), lower=True)
         x = ops.solve_triangular(upper, y, lower=False)
         return ops.transpose(x), -self._log_det(z)

@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector
+from keras_flows.utils.backend import constant
 
 
 class _Permutation(Bijector):
@@ -15,7 +16,8 @@ class _Permutation(Bijector):
 
     def build(self, input_shape):
         perm = np.asarray(self._permutation(input_shape[-1]), dtype="int32")
-        self._perm, self._inv = perm, np.argsort(perm).astype("int32")
+        self._perm = constant(perm, dtype="int32")
+        self._inv = constant(np.argsort(perm).astype("int32"), dtype="int32")
 
     def _zero(self, x):
         return ops.zeros((ops.shape(x)[0],), dtype=x.dtype)

@@ -201,21 +201,22 @@ class MADE(keras.layers.Layer):
         if self.context_layer is not None and context is None:
             raise ValueError(f"This MADE takes a context of size {self.context_dim}; call "
                              "it as made(x, context).")
+        # The built members run through `call`, as in `conditioners.MLP`.
         h = x
         for i, layer in enumerate(self.hidden):
-            h = layer(h)
+            h = layer.call(h)
             if i == 0:
                 if context is not None:
-                    h = h + self.context_layer(context)
+                    h = h + self.context_layer.call(context)
                 h = self._act(h)
                 for k in range(0, len(self.blocks), 2):
-                    r = self._act(self.blocks[k](h))
-                    h = h + self.blocks[k + 1](r)
+                    r = self._act(self.blocks[k].call(h))
+                    h = h + self.blocks[k + 1].call(r)
             else:
                 h = self._act(h)
-        out = self.out(h)
+        out = self.out.call(h)
         if not self.hidden and context is not None:
-            out = out + self.context_layer(context)
+            out = out + self.context_layer.call(context)
         return out
 
     def compute_output_shape(self, x_shape, context_shape=None):
