@@ -85,20 +85,26 @@ def _promote(*dtypes):
 
 
 def constant(value, dtype=None):
-    """`value` (a NumPy array) as a backend tensor made eagerly, even when
-    called while a function is being traced.
+    """`value` (a NumPy array) as a fixed array that a traced step can use,
+    made once (in `build`) even while a function is being traced.
 
-    A layer that keeps a fixed array (a mask) can make it once in `build`
-    and use it in `call`: converting the NumPy array in `call` instead fails
-    under `torch.compile` (Dynamo does not trace `ndarray.dtype`), and a
-    tensor made while TensorFlow traces a graph would belong to that graph,
-    hence `tf.init_scope` there. JAX makes a concrete array either way.
+    A layer that keeps a fixed array (a mask, a permutation) makes it once
+    and uses it in `call`:
+    - PyTorch: a tensor. Converting the NumPy array in `call` breaks the
+      graph of `torch.compile` (Dynamo does not trace `ndarray.dtype`).
+    - JAX: a concrete array, even inside a trace.
+    - TensorFlow: the NumPy array itself, in `dtype`, which each graph that
+      uses it embeds as a constant. A tensor made while a graph is traced
+      would belong to that graph, and an eager tensor captured by a graph
+      becomes an extra input of the ONNX models tf2onnx converts.
     """
     if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+        dtype = keras.backend.standardize_dtype(dtype or np.asarray(value).dtype)
+        if dtype == "bfloat16":
+            import ml_dtypes
 
-        with tf.init_scope():
-            return ops.convert_to_tensor(value, dtype=dtype)
+            dtype = ml_dtypes.bfloat16
+        return np.asarray(value).astype(dtype)
     return ops.convert_to_tensor(value, dtype=dtype)
 
 
