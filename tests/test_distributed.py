@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -217,7 +218,12 @@ def test_torch_distributed_data_parallel_matches_one_process():
     processes = [subprocess.Popen([sys.executable, __file__, "torch"], env={**env, "RANK": str(r)},
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for r in range(2)]
-    outputs = [p.communicate(timeout=300) for p in processes]
+    # Wait for both before reading either: reading the first one's pipes while
+    # it waits on the second in a collective hung this test (300 s timeouts).
+    deadline = time.monotonic() + 300
+    while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    outputs = [p.communicate(timeout=5) for p in processes]
     for p, (out, err) in zip(processes, outputs):
         assert p.returncode == 0, out[-3000:] + err[-3000:]
     line = [l for l in outputs[0][0].splitlines() if l.startswith("RESULT ")][-1]
