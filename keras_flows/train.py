@@ -228,21 +228,22 @@ def _train(flow, config, args, x_train, y_train, x_test, labels):
     budget = 60 * train.get("max_minutes") if train.get("max_minutes") else math.inf
     start, first, seconds = time.time(), state["step"], state["seconds"]
     counts_nfe = callable(getattr(flow, "nfe", None))
+    nfe = []   # this epoch's, since the start or the resume
     while state["step"] < total:
         if state["step"] % steps_per_epoch == 0:
             flow.reset_metrics()
-            nfe = 0
+            nfe = []
         logs = flow.train_on_batch(distribute.split_batch(flow, next(batches)),
                                    return_dict=True)
         if counts_nfe:
-            nfe += sum(flow.nfe())
+            nfe.append(sum(flow.nfe()))
         guard.on_train_batch_end(state["step"] % steps_per_epoch, logs)
         state["step"] += 1
         epoch, done = divmod(state["step"], steps_per_epoch)
         if done == 0:
             logs = {"loss": float(logs["loss"])}
             if counts_nfe:
-                logs["nfe_per_step"] = round(nfe / steps_per_epoch, 2)
+                logs["nfe_per_step"] = round(float(np.mean(nfe)), 2)
             grid.on_epoch_end(epoch - 1, logs)
             state["seconds"] = seconds + time.time() - start
             state["rows"].append({"epoch": epoch - 1, **logs,

@@ -52,11 +52,13 @@ def test_ffjord_logs_function_evaluations_per_step(tmp_path, data):
         "image_shape": [28, 28, 1], "levels": 2, "blocks_per_level": 1, "hidden_channels": 4,
         "num_layers": 1, "solver": "rk4", "steps": 2, "seed": 0})
     config["dataset"]["batch_size"] = 8
-    config["training"].update(epochs=1, steps_per_epoch=2)
+    config["training"].update(epochs=1, steps_per_epoch=2, checkpoint_every=1)
     path = tmp_path / "ffjord.json"
     path.write_text(json.dumps(config))
-    train.main([str(path), "--out", str(tmp_path / "run"), "--data", str(data),
-                "--eval-images", "4"])
+    args = [str(path), "--out", str(tmp_path / "run"), "--data", str(data), "--eval-images", "4"]
+    # Stopped after the first step and resumed in the middle of the epoch.
+    assert train.main(args + ["--max-minutes", "1e-9"])["epochs"] == 0
+    train.main(args)
     header, row = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert dict(zip(header.split(","), row.split(",")))["nfe_per_step"] == "16.0"
 
