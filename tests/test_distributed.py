@@ -162,7 +162,10 @@ def _torch_worker():
         "spread": max(float(np.max(np.abs(g - w))) for other in gathered
                       for g, w in zip(other, weights))}
     if rank == 0:
-        print("RESULT " + json.dumps(runs))
+        print("RESULT " + json.dumps(runs), flush=True)
+    # Leave without interpreter finalization: in the full suite a worker that
+    # had printed its result hung there past the test's timeout (CI, twice).
+    os._exit(0)
 
 
 def _run(args, env):
@@ -207,7 +210,7 @@ def test_jax_data_parallel_matches_one_device():
 
 @pytest.mark.skipif(keras.backend.backend() != "torch",
                     reason="DistributedDataParallel is PyTorch's engine")
-def test_torch_distributed_data_parallel_matches_one_process():
+def test_torch_distributed_data_parallel_matches_one_process(tmp_path):
     import socket
 
     with socket.socket() as s:
@@ -215,15 +218,21 @@ def test_torch_distributed_data_parallel_matches_one_process():
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "KERAS_BACKEND": "torch",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
-    processes = [subprocess.Popen([sys.executable, __file__, "torch"], env={**env, "RANK": str(r)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for r in range(2)]
-    # Wait for both before reading either: reading the first one's pipes while
-    # it waits on the second in a collective hung this test (300 s timeouts).
-    deadline = time.monotonic() + 300
-    while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    outputs = [p.communicate(timeout=5) for p in processes]
+    # Output goes to files, not pipes: a worker whose unread pipe fills blocks
+    # on its write, and its peer then waits on it in a collective forever.
+    logs = [(tmp_path / f"rank{r}.out", tmp_path / f"rank{r}.err") for r in range(2)]
+    processes = []
+    for r, (out, err) in enumerate(logs):
+        with open(out, "w") as o, open(err, "w") as e:
+            processes.append(subprocess.Popen([sys.executable, __file__, "torch"],
+                                              env={**env, "RANK": str(r)}, stdout=o, stderr=e))
+    try:
+        for p in processes:
+            p.wait(timeout=300)
+    finally:
+        for p in processes:
+            p.kill()
+    outputs = [(out.read_text(), err.read_text()) for out, err in logs]
     for p, (out, err) in zip(processes, outputs):
         assert p.returncode == 0, out[-3000:] + err[-3000:]
     line = [l for l in outputs[0][0].splitlines() if l.startswith("RESULT ")][-1]
