@@ -428,3 +428,10 @@ def test_bad_arguments_are_refused():
         kf.Dirichlet(3, concentration=[1.0, 0.0, 2.0])
     with pytest.raises(ValueError, match="`num_classes` must be an integer >= 2"):
         kf.UniformSimplex(1)
+    # The event shape follows from `dim` or `num_classes`: a second one is refused, not dropped.
+    for make in (lambda: kf.UniformSphere(3, event_shape=(4,)),
+                 lambda: kf.VonMisesFisher(3, event_shape=(3,)),
+                 lambda: kf.UniformSimplex(3, event_shape=(3,)),
+                 lambda: kf.Dirichlet(3, event_shape=(2,))):
+        with pytest.raises(TypeError, match="event_shape"):
+            make()

@@ -81,7 +81,6 @@ class UniformSimplex(Distribution):
     manifold = "simplex"
 
     def __init__(self, num_classes, **kwargs):
-        kwargs.pop("event_shape", None)
         self.num_classes = _check_num_classes(num_classes, type(self).__name__)
         super().__init__((self.num_classes,), **kwargs)
 
@@ -126,7 +125,6 @@ class Dirichlet(Distribution):
     manifold = "simplex"
 
     def __init__(self, num_classes, concentration=1.0, **kwargs):
-        kwargs.pop("event_shape", None)
         self.num_classes = _check_num_classes(num_classes, type(self).__name__)
         alpha = np.asarray(concentration, dtype="float64")
         if alpha.ndim == 0:

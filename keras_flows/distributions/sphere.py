@@ -168,7 +168,6 @@ class _Directional(Distribution):
     manifold = "sphere"
 
     def __init__(self, dim, mean_direction=None, concentration=1.0, **kwargs):
-        kwargs.pop("event_shape", None)
         name = type(self).__name__
         self.dim = _check_dim(dim, name)
         if mean_direction is None:
@@ -259,7 +258,6 @@ class UniformSphere(Distribution):
     manifold = "sphere"
 
     def __init__(self, dim, **kwargs):
-        kwargs.pop("event_shape", None)
         self.dim = _check_dim(dim, type(self).__name__)
         super().__init__((self.dim,), **kwargs)
 
