@@ -64,6 +64,31 @@ def test_encode_decode_and_sample():
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["RealNVP", "MAF", "NSF", "conditional"])
+def test_sample_and_log_prob_matches_sample_then_log_prob(name):
+    """One inverse pass gives the samples of `sample` and the densities a
+    forward pass (`log_prob`) assigns them; MAF's and NSF's inverses are
+    other computations than their forwards."""
+    x = data(d=3)
+    context = None
+    if name == "conditional":
+        flow = kf.RealNVP(event_shape=(3,), num_layers=3, hidden_units=(8,), context_shape=(2,))
+        context = data(n=40, d=2, seed=1)
+        flow.compile(optimizer=keras.optimizers.Adam(1e-2))
+        flow.fit({"x": x, "context": data(d=2, seed=2)}, batch_size=32, epochs=2, verbose=0)
+    else:
+        flow = trained(getattr(kf, name)(event_shape=(3,), num_layers=3, hidden_units=(8,)), x)
+    samples, log_p = flow.sample_and_log_prob(40, context, temperature=0.7, seed=3,
+                                              batch_size=16)
+    assert samples.shape == (40, 3) and log_p.shape == (40,)
+    np.testing.assert_array_equal(numpy(samples), numpy(flow.sample(
+        40, context, temperature=0.7, seed=3, batch_size=16)))
+    np.testing.assert_allclose(numpy(log_p), numpy(flow.log_prob(samples, context)),
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="`context` has 40 rows; sampling 5 needs one row"):
+        flow.sample_and_log_prob(5, context if context is not None else data(40, 2))
+
+
 def test_conditional_flow_trains_samples_and_saves(tmp_path):
     rng = np.random.default_rng(0)
     c = rng.integers(0, 2, size=(256, 1)).astype("float32")

@@ -178,6 +178,11 @@ def test_class_conditional_glow_samples_and_scores(mnist, tmp_path):
     assert samples.shape == (10, 28, 28, 1)
     assert samples.min() >= 0 and samples.max() <= 255
     assert np.all(samples == np.round(samples))
+    # One label for all: the images of `sample`, scored as the pixels they are.
+    images, log_p = flow.sample_and_log_prob(4, context=3, temperature=0.7, seed=1)
+    np.testing.assert_array_equal(numpy(images), numpy(flow.sample(4, 3, 0.7, seed=1)))
+    np.testing.assert_allclose(numpy(log_p), numpy(flow.log_prob(images, np.full(4, 3))),
+                               rtol=1e-6)
     bpd = numpy(flow.bits_per_dim(mnist[2][:4], mnist[3][:4]))
     path = str(tmp_path / "cond.keras")
     flow.save(path)

@@ -176,14 +176,37 @@ class Flow(keras.Model):
         `n` is a positive integer and `temperature` a finite number >= 0. For a
         conditional flow `context` holds one row per sample.
         """
+        z, context = self._draw(n, context, temperature, seed)
+        return self.decode(z, context, batch_size=batch_size)
+
+    def sample_and_log_prob(self, n, context=None, temperature=1.0, seed=None,
+                            batch_size=BATCH_SIZE):
+        """`n` samples and their log-densities, `(x, log p(x | context))`, in
+        one inverse pass: z ~ base at `temperature`, (x, log|det dx/dz|) =
+        f^-1(z), and
+
+            log p(x) = log p_base(z) - log|det dx/dz|,
+
+        the model's density (at temperature 1 whatever `temperature`), equal
+        to `log_prob(x)` without running f on the samples again.
+        """
+        z, context = self._draw(n, context, temperature, seed)
+        z, context = self._validate(z, context, name="z", shape=self.base.event_shape)
+
+        def invert(z, context):
+            x, log_det = self.bijector.inverse(z, **self._context(context))
+            return [x, self.base.log_prob(z) - log_det]
+
+        return tuple(batched(invert, [z, context], batch_size))
+
+    def _draw(self, n, context, temperature, seed):
         check_sample_args(n, temperature)
         if context is not None:
             context = ops.convert_to_tensor(context, dtype=self.compute_dtype)
             if context.shape[0] != n:
                 raise ValueError(f"`context` has {context.shape[0]} rows; sampling "
                                  f"{n} needs one row per sample.")
-        z = self.base.sample(n, seed=seed, temperature=temperature)
-        return self.decode(z, context, batch_size=batch_size)
+        return self.base.sample(n, seed=seed, temperature=temperature), context
 
     def fit(self, x=None, y=None, *args, **kwargs):
         self._check_data(x)

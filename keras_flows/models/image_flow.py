@@ -217,6 +217,16 @@ class ImageFlow(Flow):
             self._context(None)
         return super().sample(n, context, temperature, seed, batch_size)
 
+    def sample_and_log_prob(self, n, context=None, temperature=1.0, seed=None,
+                            batch_size=BATCH_SIZE):
+        """`n` images and their `log_prob`: the density of the integer pixels
+        (bin midpoints), scored by a forward pass, since rounding to pixels
+        leaves no change of variables to invert."""
+        images = self.sample(n, context, temperature, seed, batch_size)
+        if context is not None and is_concrete(context) and np.ndim(to_numpy(context)) == 0:
+            context = np.broadcast_to(to_numpy(context), (n,))
+        return images, self.log_prob(images, context, batch_size=batch_size)
+
     def get_config(self):
         config = super().get_config()
         for key in ("bijector", "base", "event_shape", "context_shape"):
