@@ -11,6 +11,22 @@ from keras_flows.layers.dense import Dense
 from keras_flows.utils.math import tanh, upcast
 
 
+def split_shape(shape):
+    """The shapes of the factored-out first C // 2 channels and of the rest,
+    for a level's output of shape `(..., C)`."""
+    channels = shape[-1] // 2
+    return (*shape[:-1], channels), (*shape[:-1], shape[-1] - channels)
+
+
+def _standardize(z, loc, log_scale, inverse=False):
+    """(z - mu) / sigma with log-det -sum log sigma (sigma = exp(log_scale),
+    broadcast to z), or with `inverse` mu + sigma z with log-det +sum log sigma."""
+    log_det = sum_except_batch(ops.broadcast_to(log_scale, ops.shape(z)))
+    if inverse:
+        return loc + ops.exp(log_scale) * z, log_det
+    return (z - loc) * ops.exp(-log_scale), -log_det
+
+
 @keras.saving.register_keras_serializable(package="keras_flows")
 class SplitPrior(Bijector):
     """Glow's learned prior p(z | h) of a factored-out half, as a bijector.
@@ -59,15 +75,13 @@ class SplitPrior(Bijector):
 
     def _forward(self, x, context=None, training=False):
         z, h = x[..., :self.channels], x[..., self.channels:]
-        loc, log_scale = self._params(h)
-        return (ops.concatenate([(z - loc) * ops.exp(-log_scale), h], axis=-1),
-                -sum_except_batch(log_scale))
+        e, log_det = _standardize(z, *self._params(h))
+        return ops.concatenate([e, h], axis=-1), log_det
 
     def _inverse(self, y, context=None, training=False):
         e, h = y[..., :self.channels], y[..., self.channels:]
-        loc, log_scale = self._params(h)
-        return (ops.concatenate([loc + ops.exp(log_scale) * e, h], axis=-1),
-                sum_except_batch(log_scale))
+        z, log_det = _standardize(e, *self._params(h), inverse=True)
+        return ops.concatenate([z, h], axis=-1), log_det
 
     def get_config(self):
         config = super().get_config()
@@ -142,19 +156,15 @@ class TopPrior(Bijector):
         return self.classifier(ops.mean(z, axis=tuple(range(1, len(z.shape) - 1))))
 
     def _forward(self, x, context=None, training=False):
-        loc, log_scale = self._params(context)
         if training and self.class_loss_weight:
             bits = keras.losses.sparse_categorical_crossentropy(
                 ops.cast(context, "int32"), upcast(self.logits(x)),
                 from_logits=True) / math.log(2.0)
             self.add_loss(self.class_loss_weight * ops.mean(bits))
-        log_det = -sum_except_batch(ops.broadcast_to(log_scale, ops.shape(x)))
-        return (x - loc) * ops.exp(-log_scale), log_det
+        return _standardize(x, *self._params(context))
 
     def _inverse(self, y, context=None, training=False):
-        loc, log_scale = self._params(context)
-        log_det = sum_except_batch(ops.broadcast_to(log_scale, ops.shape(y)))
-        return loc + ops.exp(log_scale) * y, log_det
+        return _standardize(y, *self._params(context), inverse=True)
 
     def get_config(self):
         config = super().get_config()
@@ -231,8 +241,8 @@ class MultiScale(Bijector):
                 if len(shape) != 4 or shape[-1] % 2:
                     raise ValueError(f"Level {index} outputs shape {shape[1:]}: factoring "
                                      "out half the channels needs an even number of them.")
-                parts.append((*shape[1:-1], shape[-1] // 2))
-                shape = (*shape[:-1], shape[-1] - shape[-1] // 2)
+                part, shape = split_shape(shape)
+                parts.append(part[1:])
         return parts + [shape[1:]]
 
     def build(self, input_shape):

@@ -10,6 +10,7 @@ from keras import ops
 
 from keras_flows.bijectors import (ActNorm, Chain, Dequantize, LogitTransform, MultiScale,
                                    Rescale, SplitPrior, Squeeze, TopPrior)
+from keras_flows.bijectors.multiscale import split_shape
 from keras_flows.distributions import StandardNormal
 from keras_flows import metrics
 from keras_flows.models.flow import Flow
@@ -94,8 +95,7 @@ class ImageFlow(Flow):
         for index in range(self.num_levels):
             levels.append(self._make_level(index, shape[1:], index == self.num_levels - 1,
                                            dtype))
-            shape = tuple(levels[-1].compute_output_shape(shape))
-            shape = (*shape[:-1], shape[-1] - shape[-1] // 2)
+            shape = split_shape(tuple(levels[-1].compute_output_shape(shape)))[1]
         multiscale = MultiScale(
             levels,
             [SplitPrior(self.prior_scale_bound, dtype=dtype, name=f"split_prior_{index}")
