@@ -196,7 +196,7 @@ def test_matmul_promotes_and_traces():
 # J_b = A + 2 w diag(x_b), so v^T J_b = v_b A + 2 w v_b x_b and
 # tr(J_b) = tr(A) + 2 w sum(x_b).
 
-from keras_flows.utils.backend import vjp  # noqa: E402
+from keras_flows.utils.backend import pullback, vjp  # noqa: E402
 from keras_flows.utils.trace import divergence  # noqa: E402
 
 _JA = _RNG.normal(size=(4, 4))
@@ -227,6 +227,28 @@ def test_vjp_matches_closed_form():
     # An f that ignores x: zeros.
     _, g0 = vjp(lambda x: ops.ones_like(x), _t(_JX), _t(_JV))
     np.testing.assert_array_equal(ops.convert_to_numpy(g0), 0.0)
+
+
+def test_pullback_evaluates_f_once_for_many_products():
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return _jf()(x)
+
+    y, pull = pullback(f, _t(_JX))
+    np.testing.assert_allclose(ops.convert_to_numpy(y), _JX @ _JA.T + _JW * _JX ** 2,
+                               rtol=1e-12)
+    jacobians = _jacobians(_JX)
+    # u^T J^3, the third term of a power series, inside a while loop.
+    _, u = ops.while_loop(lambda k, u: k < 3, lambda k, u: (k + 1, pull(u)),
+                          (ops.convert_to_tensor(0), _t(_JV)))
+    expected = np.einsum("bi,bij->bj", _JV, np.einsum("bij,bjk,bkl->bil", *[jacobians] * 3))
+    assert keras.backend.standardize_dtype(u.dtype) == "float64"
+    np.testing.assert_allclose(ops.convert_to_numpy(u), expected, rtol=1e-12)
+    assert len(calls) == 1
+    _, pull_zero = pullback(lambda x: ops.ones_like(x), _t(_JX))
+    np.testing.assert_array_equal(ops.convert_to_numpy(pull_zero(_t(_JV))), 0.0)
 
 
 def test_exact_divergence():

@@ -8,7 +8,7 @@ from keras import ops
 
 from keras_flows.bijectors.base import Bijector, per_example, sum_except_batch
 from keras_flows.layers.lipschitz import LipSwish, SpectralConv2D, SpectralDense
-from keras_flows.utils.backend import is_concrete, matmul, no_grad, vjp
+from keras_flows.utils.backend import is_concrete, matmul, no_grad, pullback, vjp
 from keras_flows.utils.random import fixed_probe
 
 LOG_DETS = ("exact", "series")
@@ -242,7 +242,6 @@ class ResidualBlock(Bijector):
         num_terms = self._num_terms(seed if not isinstance(seed, int) else seed + 2**20)
         n = self.series_terms
         log_q = 0.0 if self.geometric_p is None else math.log1p(-self.geometric_p)
-        fixed_x = ops.stop_gradient(x)
 
         def step(k, u, value, w):
             # u = v^T J^(k-1) on entry; c_k = (-1)^(k+1) / P(N >= k).
@@ -250,11 +249,12 @@ class ResidualBlock(Bijector):
             sign = 1.0 - 2.0 * ops.cast(k % 2 == 0, x.dtype)
             tail = ops.where(kf > n, kf - n, ops.zeros_like(kf))  # ops.maximum: float32 on torch
             coefficient = sign * ops.exp(-log_q * tail)
-            _, u_next = vjp(self.residual, fixed_x, u)
+            u_next = pull(u)
             value = value + coefficient / kf * sum_except_batch(u_next * v)
             return k + 1, u_next, value, w + coefficient * u
 
         with no_grad():
+            _, pull = pullback(self.residual, x)
             zeros = per_example(x, 0.0)
             _, _, value, w = _while(lambda k, u, value, w: k <= num_terms, step,
                                     (1, v, zeros, ops.zeros_like(x)), self.max_terms)

@@ -192,6 +192,59 @@ def _torch_vjp(f, x, vs):
     return products(x, vs)
 
 
+def pullback(f, x):
+    """`(f(x), u -> u^T df/dx)`: f evaluated once at `x`, then as many
+    vector-Jacobian products there as asked, as values with no gradient graph
+    (a power series of products, say, under `no_grad`). `vjp` differentiates
+    through its products; this does not, and spares an evaluation of f per
+    product. The pullback may be called inside `ops.while_loop` and a
+    `jit_compile=True` step on every backend.
+
+    - JAX: `jax.vjp`.
+    - TensorFlow: a persistent `tf.GradientTape`, asked once per product.
+    - PyTorch: `torch.autograd.grad(..., retain_graph=True)` on a detached
+      leaf copy of `x`, outside any compiled graph.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        x = ops.stop_gradient(x)
+        y, pull = jax.vjp(f, x)
+        return y, lambda u: ops.stop_gradient(pull(ops.cast(u, y.dtype))[0])
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.stop_gradient(tf.convert_to_tensor(x))
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y = f(x)
+        return tf.stop_gradient(y), lambda u: tf.stop_gradient(tape.gradient(
+            y, x, output_gradients=tf.cast(u, y.dtype),
+            unconnected_gradients=tf.UnconnectedGradients.ZERO))
+    if backend == "torch":
+        import torch
+
+        @torch.compiler.disable
+        def evaluate(x):
+            with torch.enable_grad():
+                x = ops.convert_to_tensor(x).detach().requires_grad_()
+                return x, f(x)
+
+        x, y = evaluate(x)
+
+        @torch.compiler.disable
+        def pull(u):
+            if not y.requires_grad:
+                return torch.zeros_like(x)
+            u = ops.cast(ops.convert_to_tensor(u), y.dtype)
+            (g,) = torch.autograd.grad(y, x, u, retain_graph=True, allow_unused=True)
+            return torch.zeros_like(x) if g is None else g.detach()
+
+        return y.detach(), pull
+    raise NotImplementedError(f"`pullback` has no form for the {backend!r} backend.")
+
+
 def fori_loop(lower, upper, body, init):
     """`keras.ops.fori_loop` with static integer bounds, differentiable under
     `jit_compile=True` on every backend.
