@@ -163,8 +163,13 @@ FITS = {
 }
 
 
-@pytest.mark.parametrize("density", ENTROPY)
-@pytest.mark.parametrize("name", FITS)
+# Each model on one density (every density by two models): the pair is what a
+# fit costs on CPU, and a flow that fits one of them is not broken for the other.
+FIT_PAIRS = [("MAF", "8gaussians"), ("IAF", "moons"), ("NSF", "8gaussians"),
+             ("NSF[coupling]", "moons")]
+
+
+@pytest.mark.parametrize("name,density", FIT_PAIRS, ids=[f"{n}-{d}" for n, d in FIT_PAIRS])
 def test_fits_a_toy_density_within_0_1_nats_of_its_entropy(name, density):
     keras.utils.set_random_seed(0)
     x = kf.datasets.toy(density, 20_000, seed=0)
