@@ -1,6 +1,6 @@
 """Data-parallel training on the engines Keras already has.
 
-    with keras_flows.distribute.scope("mirrored"):      # or "data_parallel"
+    with keras_flows.distribute.scope("mirrored"):      # or "data_parallel", "ddp"
         flow = keras_flows.Glow(...)
         flow.compile(optimizer="adamax")
     flow.fit(dataset)                                   # splits each global batch
@@ -14,6 +14,12 @@ Names (`--distribution` of `keras_flows.train`):
 - "data_parallel": `keras.distribution.DataParallel` over every JAX device,
   JAX backend; across hosts, call `keras.distribution.initialize()` (or
   `jax.distributed.initialize()`) first.
+- "ddp": one PyTorch process per device, started by `torchrun` (which sets
+  RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT), PyTorch backend. The scope
+  joins the process group (NCCL on GPUs, else gloo) and `Flow.train_step`
+  averages every gradient over the processes, as `DistributedDataParallel`
+  does; each process passes its own part of every global batch
+  (`split_batch`).
 
 Each replica gets an equal share of every global batch; ActNorm's start and
 BatchNorm's statistics are those of the global batch (see
@@ -22,16 +28,19 @@ the results are those of one device on the same global batches.
 """
 
 import contextlib
+import os
 
 import keras
 
-DISTRIBUTIONS = {"none": None, "mirrored": "tensorflow", "data_parallel": "jax"}
+DISTRIBUTIONS = {"none": None, "mirrored": "tensorflow", "data_parallel": "jax",
+                 "ddp": "torch"}
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @contextlib.contextmanager
 def scope(name):
     """A context in which to build and compile a model trained under `name`
-    ("none", "mirrored" or "data_parallel")."""
+    ("none", "mirrored", "data_parallel" or "ddp")."""
     if name not in DISTRIBUTIONS:
         raise ValueError(f"Unknown distribution {name!r}; expected one of "
                          f"{', '.join(map(repr, DISTRIBUTIONS))}.")
@@ -46,9 +55,76 @@ def scope(name):
 
         with tf.distribute.MirroredStrategy().scope():
             yield
+    elif name == "ddp":
+        _join_process_group()
+        yield
     else:
         with keras.distribution.DataParallel().scope():
             yield
+
+
+def _join_process_group():
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    missing = [v for v in TORCHRUN_VARIABLES if v not in os.environ]
+    if missing:
+        raise ValueError(f"The distribution 'ddp' runs one process per device under torchrun "
+                         f"(`torchrun --nproc-per-node=N -m keras_flows.train ...`); "
+                         f"{', '.join(missing)} not set.")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def process_group():
+    """`(index, count)` of this process among the PyTorch processes of "ddp";
+    `(0, 1)` elsewhere."""
+    if keras.backend.backend() != "torch":
+        return 0, 1
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def average_gradients(model):
+    """Under "ddp" with more than one process, makes every trainable variable
+    of `model` average its gradient over the processes as soon as
+    backpropagation has accumulated it (one all-reduce per variable, in the
+    order backpropagation reaches them, the same in every process); nothing
+    elsewhere, or for a variable already set up. `Flow.train_step` calls it,
+    so `fit` and `train_on_batch` need nothing more."""
+    if process_group()[1] == 1:
+        return
+    for variable in model.trainable_variables:
+        parameter = variable.value
+        if not getattr(parameter, "_keras_flows_averaged", False):
+            parameter.register_post_accumulate_grad_hook(_average_gradient)
+            parameter._keras_flows_averaged = True
+
+
+def _average_gradient(parameter):
+    import torch.distributed as dist
+
+    dist.all_reduce(parameter.grad)
+    parameter.grad.div_(dist.get_world_size())
+
+
+def mean_over_processes(value):
+    """The mean of the float `value` over the processes of "ddp"; `value` elsewhere."""
+    count = process_group()[1]
+    if count == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    total = torch.tensor(float(value), dtype=torch.float64)
+    dist.all_reduce(total)
+    return float(total) / count
 
 
 def split_batch(model, batch):
@@ -57,13 +133,18 @@ def split_batch(model, batch):
 
     Under a TensorFlow strategy with R > 1 replicas, the R equal consecutive
     parts of the global batch, one per replica: `train_on_batch` would
-    otherwise give every replica the whole batch. Elsewhere `batch` itself
-    (JAX's `DataParallel` shards the global batch on its own).
+    otherwise give every replica the whole batch. Under "ddp" with R > 1
+    processes, this process's part. Elsewhere `batch` itself (JAX's
+    `DataParallel` shards the global batch on its own).
     """
-    if keras.backend.backend() != "tensorflow":
+    backend = keras.backend.backend()
+    if backend == "torch":
+        index, replicas = process_group()
+    elif backend == "tensorflow":
+        strategy = model.distribute_strategy
+        replicas = strategy.num_replicas_in_sync
+    else:
         return batch
-    strategy = model.distribute_strategy
-    replicas = strategy.num_replicas_in_sync
     if replicas == 1:
         return batch
     rows = len(keras.tree.flatten(batch)[0])
@@ -71,6 +152,8 @@ def split_batch(model, batch):
         raise ValueError(f"A batch of {rows} rows cannot be split evenly over {replicas} "
                          f"replicas; use a batch size divisible by {replicas}.")
     size = rows // replicas
+    if backend == "torch":
+        return keras.tree.map_structure(lambda a: a[index * size:(index + 1) * size], batch)
 
     def part(context):
         start = context.replica_id_in_sync_group * size

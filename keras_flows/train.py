@@ -34,7 +34,8 @@ the result as a preset. `--distribution mirrored` (TensorFlow) or
 `data_parallel` (JAX), or the config's `training.distribution`, trains on every
 local device with each global batch split evenly between them, with the
 results of one device (see `keras_flows.distribute` and
-guides/distributed_training.md). Errors (a bad config, a missing data file, a full
+guides/distributed_training.md); `ddp` (PyTorch) does the same with one process
+per device under `torchrun`, of which the first writes every file. Errors (a bad config, a missing data file, a full
 disk) end with one line and exit code 1; `--verbose` shows the traceback.
 """
 
@@ -101,8 +102,9 @@ def main(argv=None, prog=None):
                              "model.weights.h5, metadata.json with the figures)")
     parser.add_argument("--distribution", choices=list(distribute.DISTRIBUTIONS),
                         help="data-parallel training: 'mirrored' (TensorFlow's "
-                             "MirroredStrategy), 'data_parallel' (JAX's DataParallel) or "
-                             "'none' (default: the config's training.distribution, else none)")
+                             "MirroredStrategy), 'data_parallel' (JAX's DataParallel), 'ddp' "
+                             "(PyTorch, one process per device under torchrun) or 'none' "
+                             "(default: the config's training.distribution, else none)")
     parser.add_argument("--verbose", action="store_true",
                         help="show the traceback of an error, not only its message")
     args = parser.parse_args(argv)
@@ -143,12 +145,14 @@ def _run(args, parser, argv):
                               x_test, labels)
     bpd = mean_bits_per_dim(flow, x_test, labels, num_samples=1)
     midpoint = mean_bits_per_dim(flow, x_test, labels)
+    writes = distribute.process_group()[0] == 0   # under "ddp", the first process
     results_path = os.path.join(args.out, "results.json")
     if args.evaluate_only:
         with open(results_path) as f:
             results = json.load(f)
     else:
-        flow.save(os.path.join(args.out, "model.keras"))
+        if writes:
+            flow.save(os.path.join(args.out, "model.keras"))
         results = {}
     if previous is not None:
         progress["train_seconds_total"] = round(
@@ -171,6 +175,8 @@ def _run(args, parser, argv):
         ("evaluate_command" if args.evaluate_only else "command"):
             "python -m keras_flows.train " + " ".join(sys.argv[1:] if argv is None else argv),
     })
+    if not writes:
+        return results
     _write_atomic(results_path, json.dumps(results, indent=2))
     print(f"test bits/dim {bpd:.4f} (uniform dequantization), {midpoint:.4f} (bin "
           f"midpoints), {results['optimizer_steps']} steps")
@@ -188,8 +194,12 @@ def _train(flow, config, args, x_train, y_train, x_test, labels):
                      Warmup(train["learning_rate"], train.get("warmup_steps", 1)),
                      clipnorm=train.get("clipnorm")),
                  jit_compile=train.get("jit_compile", "auto"))
-    print(f"{config['model']}: {flow.count_params():,} parameters, "
-          f"backend {keras.backend.backend()}")
+    index, processes = distribute.process_group()
+    writes = index == 0   # under "ddp", the first process writes; the others train
+    if writes:
+        print(f"{config['model']}: {flow.count_params():,} parameters, "
+              f"backend {keras.backend.backend()}"
+              + (f", {processes} processes" if processes > 1 else ""))
     classes = getattr(flow, "num_classes", None)
     if y_train is not None and not 0 <= y_train.min() <= y_train.max() < classes:
         raise ValueError(f"The training labels must be in [0, {classes}) (model_config."
@@ -217,7 +227,8 @@ def _train(flow, config, args, x_train, y_train, x_test, labels):
         raise ValueError(f"{checkpoint.last} continues a run with data settings "
                          f"{state['data']}, not {spec}: rerun with the same config and "
                          f"options, or train into a new --out.")
-    _write_log(args.out, state["rows"])
+    if writes:
+        _write_log(args.out, state["rows"])
 
     # A seeded random subset: test files may be sorted by class.
     subset = np.random.default_rng(0).permutation(len(x_test))[:args.eval_images]
@@ -241,24 +252,27 @@ def _train(flow, config, args, x_train, y_train, x_test, labels):
         state["step"] += 1
         epoch, done = divmod(state["step"], steps_per_epoch)
         if done == 0:
-            logs = {"loss": float(logs["loss"])}
+            logs = {"loss": distribute.mean_over_processes(float(logs["loss"]))}
             if counts_nfe:
                 logs["nfe_per_step"] = round(float(np.mean(nfe)), 2)
-            grid.on_epoch_end(epoch - 1, logs)
             state["seconds"] = seconds + time.time() - start
-            state["rows"].append({"epoch": epoch - 1, **logs,
-                                  "wall_clock_seconds": round(state["seconds"], 1)})
-            checkpoint.save(flow, state)
-            _write_log(args.out, state["rows"])
-            print(f"epoch {epoch}/{train['epochs']}: loss {logs['loss']:.4f}, test bits/dim "
-                  f"{logs['test_bits_per_dim']:.4f}, {state['seconds']:.0f} s")
-        stop = time.time() - start > budget
-        if done and (stop or state["step"] % every == 0):
+            if writes:
+                grid.on_epoch_end(epoch - 1, logs)
+                state["rows"].append({"epoch": epoch - 1, **logs,
+                                      "wall_clock_seconds": round(state["seconds"], 1)})
+                checkpoint.save(flow, state)
+                _write_log(args.out, state["rows"])
+                print(f"epoch {epoch}/{train['epochs']}: loss {logs['loss']:.4f}, test "
+                      f"bits/dim {logs['test_bits_per_dim']:.4f}, {state['seconds']:.0f} s")
+        # Every process stops at the same step: the first one's clock decides.
+        stop = distribute.mean_over_processes(float(time.time() - start > budget and writes)) > 0
+        if done and (stop or state["step"] % every == 0) and writes:
             state["seconds"] = seconds + time.time() - start
             checkpoint.save(flow, state)
         if stop:
-            print(f"--max-minutes reached at step {done} of epoch {epoch + 1}"
-                  if done else f"--max-minutes reached after epoch {epoch}")
+            if writes:
+                print(f"--max-minutes reached at step {done} of epoch {epoch + 1}"
+                      if done else f"--max-minutes reached after epoch {epoch}")
             break
     return {"epochs": state["step"] // steps_per_epoch,
             "epochs_run_now": state["step"] // steps_per_epoch - first // steps_per_epoch,

@@ -1,8 +1,9 @@
 """Data-parallel training gives one device's results: a flow with ActNorm and
 BatchNorm trained on two devices (TensorFlow's MirroredStrategy over two
 logical CPUs, JAX's DataParallel over two host devices) or by two PyTorch
-processes (gloo) reports the losses of one device on the same global batches,
-and ends with the same weights on every replica.
+processes ("ddp" over gloo, started with the variables torchrun sets) reports
+the losses of one device on the same global batches, and ends with the same
+weights on every replica.
 
 Each engine runs in a fresh subprocess: the devices must be set up before the
 backend starts. This file is also that subprocess's script.
@@ -22,7 +23,7 @@ STEPS, BATCH, DIM = 4, 16, 4
 # Two devices for the subprocess: read by this file's __main__ (TF), by XLA (JAX).
 DEVICES = {"tensorflow": {"KF_TEST_LOGICAL_CPUS": "2"},
            "jax": {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}}
-ENGINES = {"tensorflow": "mirrored", "jax": "data_parallel"}
+ENGINES = {"tensorflow": "mirrored", "jax": "data_parallel", "torch": "ddp"}
 RTOL, ATOL = 1e-5, 1e-6   # float32
 
 
@@ -51,17 +52,23 @@ def _flow():
 
 
 def _replica_values(variable):
-    """The values every replica (TF) or device (JAX) holds for `variable`."""
+    """The values every replica (TF), device (JAX) or process (PyTorch) holds
+    for `variable`."""
     value = variable.value
-    if hasattr(value, "values"):   # a tf.distribute MirroredVariable
+    if keras.backend.backend() == "tensorflow":   # a tf.distribute MirroredVariable
         return [np.asarray(v) for v in value.values]
-    if hasattr(value, "addressable_shards"):   # a jax.Array
+    if keras.backend.backend() == "jax":   # a jax.Array
         return [np.asarray(shard.data) for shard in value.addressable_shards]
-    return [keras.ops.convert_to_numpy(value)]
+    import torch.distributed as dist
+
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, keras.ops.convert_to_numpy(value))
+    return gathered
 
 
 def _worker(distribution):
-    """Trains the flow on one device, then under `distribution`; prints both runs."""
+    """Trains the flow on one device, then under `distribution`; prints both
+    runs (the first PyTorch process does)."""
     from keras_flows import distribute
 
     x = _data()
@@ -71,10 +78,17 @@ def _worker(distribution):
     runs = {"single": {"start": [w.tolist() for w in start],
                        "losses": [float(single.train_on_batch(b)) for b in batches],
                        "weights": [w.tolist() for w in single.get_weights()]}}
+    # `fit` over the same batches in order: the epoch's mean loss and the weights.
+    single.set_weights(start)
+    history = single.fit(x, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    runs["single"]["fit_loss"] = history.history["loss"][0]
+    runs["single"]["fit_weights"] = [w.tolist() for w in single.get_weights()]
+
     with distribute.scope(distribution):
         flow = _flow()
     flow.set_weights(start)
-    losses = [float(flow.train_on_batch(distribute.split_batch(flow, b))) for b in batches]
+    losses = [distribute.mean_over_processes(float(flow.train_on_batch(
+        distribute.split_batch(flow, b)))) for b in batches]
     replicas = [_replica_values(v) for v in flow.weights]
     parts = distribute.split_batch(flow, batches[0])
     parts = [np.asarray(v) for v in parts.values] if hasattr(parts, "values") else [parts]
@@ -83,17 +97,21 @@ def _worker(distribution):
         "parts": [p.tolist() for p in parts],
         "weights": [r[0].tolist() for r in replicas],
         "spread": max(float(np.max(np.abs(v - r[0]))) for r in replicas for v in r)}
-    # `fit` over the same batches in order: the epoch's mean loss and the weights.
-    for name, model in (("single", single), ("distributed", flow)):
-        model.set_weights(start)
-        history = model.fit(x, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
-        runs[name]["fit_loss"] = history.history["loss"][0]
-        runs[name]["fit_weights"] = [w.tolist() for w in model.get_weights()]
+    # `fit` on the rows of the same global batches that this process trains
+    # on (under "ddp"; the whole data elsewhere: the engine splits it).
+    index, processes = distribute.process_group()
+    mine = np.concatenate([distribute.split_batch(flow, b) for b in batches]) \
+        if processes > 1 else x
+    flow.set_weights(start)
+    history = flow.fit(mine, batch_size=BATCH // processes, epochs=1, shuffle=False, verbose=0)
+    runs["distributed"]["fit_loss"] = distribute.mean_over_processes(history.history["loss"][0])
+    runs["distributed"]["fit_weights"] = [w.tolist() for w in flow.get_weights()]
     try:
         distribute.split_batch(flow, batches[0][:BATCH - 1])
     except ValueError as error:
         runs["uneven"] = str(error)
-    print("RESULT " + json.dumps(runs))
+    if index == 0:
+        print("RESULT " + json.dumps(runs), flush=True)
 
 
 def _train_worker(distribution, directory):
@@ -106,92 +124,81 @@ def _train_worker(distribution, directory):
     directory = pathlib.Path(directory)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(144, 28, 28, 1), dtype="uint8")
-    np.savez(directory / "images.npz", x_train=images[:128], y_train=np.zeros(128, "int64"),
+    data = directory / f"images{os.environ.get('RANK', '')}.npz"   # a file per process
+    np.savez(data, x_train=images[:128], y_train=np.zeros(128, "int64"),
              x_test=images[128:], y_test=np.zeros(16, "int64"))
     config = pathlib.Path(__file__).with_name("train_tiny.json")
     runs = {}
-    for name in ("none", distribution):
+    # Under "ddp" the second process joins the first for the distributed run only.
+    for name in ("none", distribution) if os.environ.get("RANK", "0") == "0" else (distribution,):
         results = train.main([str(config), "--out", str(directory / name), "--data",
-                              str(directory / "images.npz"), "--eval-images", "8",
+                              str(data), "--eval-images", "8",
                               "--epochs", "1", "--distribution", name])
+        if os.environ.get("RANK", "0") != "0":
+            return
         runs[name] = {"bits_per_dim": results["test_bits_per_dim_midpoint"],
                       "steps": results["optimizer_steps"],
                       "loss": float((directory / name / "log.csv").read_text()
                                     .splitlines()[1].split(",")[1])}
-    print("RESULT " + json.dumps(runs))
+    print("RESULT " + json.dumps(runs), flush=True)
 
 
-def _torch_worker():
-    """One of two processes (gloo): a data-parallel loop as in Keras's guide to
-    distributed training with PyTorch, the model wrapped in
-    `DistributedDataParallel`, each process on its half of every global batch.
-    The one-process reference runs first, before the process group exists."""
-    import torch
-    import torch.distributed as dist
-    from keras import ops
-
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    batches = np.split(_data(), STEPS)
-    single = _flow()
-    start = single.get_weights()
-    runs = {"single": {"start": [w.tolist() for w in start],
-                       "losses": [float(single.train_on_batch(b)) for b in batches],
-                       "weights": [w.tolist() for w in single.get_weights()]}}
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    flow = _flow()
-    flow.set_weights(start)
-    model = torch.nn.parallel.DistributedDataParallel(flow)
-    size, losses = BATCH // world, []
-    for batch in batches:
-        part = ops.convert_to_tensor(batch[rank * size:(rank + 1) * size])
-        loss = -ops.mean(model(part, training=True))
-        model.zero_grad()
-        loss.backward()   # DDP averages the gradients over the processes
-        flow.optimizer.apply([v.value.grad for v in flow.trainable_weights],
-                             flow.trainable_weights)
-        total = loss.detach().clone()
-        dist.all_reduce(total)
-        losses.append(float(total) / world)
-    weights = [np.asarray(w) for w in flow.get_weights()]
-    gathered = [None] * world
-    dist.all_gather_object(gathered, weights)
-    dist.destroy_process_group()
-    runs["distributed"] = {
-        "losses": losses, "replicas": [world] * len(weights),
-        "weights": [w.tolist() for w in weights],
-        "spread": max(float(np.max(np.abs(g - w))) for other in gathered
-                      for g, w in zip(other, weights))}
-    if rank == 0:
-        print("RESULT " + json.dumps(runs), flush=True)
-    # Leave without interpreter finalization: in the full suite a worker that
-    # had printed its result hung there past the test's timeout (CI, twice).
-    os._exit(0)
-
-
-def _run(args, env):
+def _run(args, env, tmp_path=None):
+    """This file's `__main__` with `args`: one process, or under "ddp" two
+    (gloo, with the variables torchrun sets); the first process's RESULT."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
-    done = subprocess.run([sys.executable, __file__, *args], env=env,
-                          capture_output=True, text=True, timeout=300)
-    lines = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    if "ddp" not in args:
+        done = subprocess.run([sys.executable, __file__, *args], env=env,
+                              capture_output=True, text=True, timeout=300)
+        lines = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
+        assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
+        return json.loads(lines[-1][len("RESULT "):])
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2")
+    # Output goes to files, not pipes: a worker whose unread pipe fills blocks
+    # on its write, and its peer then waits on it in a collective forever.
+    logs = [(tmp_path / f"rank{r}.out", tmp_path / f"rank{r}.err") for r in range(2)]
+    processes = []
+    for r, (out, err) in enumerate(logs):
+        with open(out, "w") as o, open(err, "w") as e:
+            processes.append(subprocess.Popen(
+                [sys.executable, __file__, *args], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                stdout=o, stderr=e))
+    try:
+        for p in processes:
+            p.wait(timeout=300)
+    finally:
+        for p in processes:
+            p.kill()
+    outputs = [(out.read_text(), err.read_text()) for out, err in logs]
+    for p, (out, err) in zip(processes, outputs):
+        assert p.returncode == 0, out[-3000:] + err[-3000:]
+    line = [l for l in outputs[0][0].splitlines() if l.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
 
 
 def _check(runs):
     single, distributed = runs["single"], runs["distributed"]
     assert set(distributed["replicas"]) == {2}   # two replicas of every weight
     assert distributed["spread"] == 0.0          # identical on both
-    if keras.backend.backend() == "tensorflow":  # each replica got its half of a batch
+    backend = keras.backend.backend()
+    if backend == "tensorflow":  # each replica got its half of a batch
         np.testing.assert_array_equal(np.concatenate(distributed["parts"]), _data()[:BATCH])
         assert [len(p) for p in distributed["parts"]] == [BATCH // 2] * 2
+    if backend == "torch":       # the first process got the first half
+        np.testing.assert_array_equal(distributed["parts"][0], _data()[:BATCH // 2])
+    if backend != "jax":
         assert runs["uneven"] == (f"A batch of {BATCH - 1} rows cannot be split evenly over "
                                   f"2 replicas; use a batch size divisible by 2.")
     np.testing.assert_allclose(distributed["losses"], single["losses"], rtol=RTOL)
-    for key in ("weights", "fit_weights") if "fit_weights" in single else ("weights",):
+    for key in ("weights", "fit_weights"):
         for a, b in zip(distributed[key], single[key]):
             np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
-    if "fit_loss" in single:
-        np.testing.assert_allclose(distributed["fit_loss"], single["fit_loss"], rtol=RTOL)
+    np.testing.assert_allclose(distributed["fit_loss"], single["fit_loss"], rtol=RTOL)
     assert not np.allclose(np.concatenate([np.ravel(w) for w in single["start"]]),
                            np.concatenate([np.ravel(w) for w in single["weights"]]))
 
@@ -209,49 +216,22 @@ def test_jax_data_parallel_matches_one_device():
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch",
-                    reason="DistributedDataParallel is PyTorch's engine")
-def test_torch_distributed_data_parallel_matches_one_process(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "KERAS_BACKEND": "torch",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
-    # Output goes to files, not pipes: a worker whose unread pipe fills blocks
-    # on its write, and its peer then waits on it in a collective forever.
-    logs = [(tmp_path / f"rank{r}.out", tmp_path / f"rank{r}.err") for r in range(2)]
-    processes = []
-    for r, (out, err) in enumerate(logs):
-        with open(out, "w") as o, open(err, "w") as e:
-            processes.append(subprocess.Popen([sys.executable, __file__, "torch"],
-                                              env={**env, "RANK": str(r)}, stdout=o, stderr=e))
-    try:
-        for p in processes:
-            p.wait(timeout=300)
-    finally:
-        for p in processes:
-            p.kill()
-    outputs = [(out.read_text(), err.read_text()) for out, err in logs]
-    for p, (out, err) in zip(processes, outputs):
-        assert p.returncode == 0, out[-3000:] + err[-3000:]
-    line = [l for l in outputs[0][0].splitlines() if l.startswith("RESULT ")][-1]
-    _check(json.loads(line[len("RESULT "):]))
+                    reason="distribute.scope('ddp') is PyTorch's engine")
+def test_torch_ddp_matches_one_process(tmp_path):
+    _check(_run(["ddp"], {"KERAS_BACKEND": "torch"}, tmp_path))
 
 
-@pytest.mark.skipif(keras.backend.backend() not in ENGINES,
-                    reason="`--distribution` has no PyTorch engine; PyTorch's DDP is "
-                           "tested above and its errors below")
 def test_train_script_distribution_matches_one_device(tmp_path):
     backend = keras.backend.backend()
     name = ENGINES[backend]
-    runs = _run(["train", name, str(tmp_path)], {"KERAS_BACKEND": backend, **DEVICES[backend]})
+    runs = _run(["train", name, str(tmp_path)],
+                {"KERAS_BACKEND": backend, **DEVICES.get(backend, {})}, tmp_path)
     one, many = runs["none"], runs[name]
     assert one["steps"] == many["steps"] == 4
     # The tiny Glow dequantizes with random noise. JAX's DataParallel draws it
-    # for the global batch as one device does; under MirroredStrategy every
-    # replica draws from the same generator state, so the second replica's
-    # noise is not one device's second half: a looser tolerance there.
+    # for the global batch as one device does; under MirroredStrategy and
+    # "ddp" every replica draws from the same generator state, so the second
+    # replica's noise is not one device's second half: a looser tolerance there.
     rtol = RTOL if backend == "jax" else 1e-4
     np.testing.assert_allclose(many["loss"], one["loss"], rtol=rtol)
     np.testing.assert_allclose(many["bits_per_dim"], one["bits_per_dim"], rtol=rtol)
@@ -264,16 +244,15 @@ def test_a_distribution_needs_its_backend(tmp_path):
     with distribute.scope("none"):
         pass
     with pytest.raises(ValueError, match=r"^Unknown distribution 'horovod'; expected one of "
-                                         r"'none', 'mirrored', 'data_parallel'\.$"):
+                                         r"'none', 'mirrored', 'data_parallel', 'ddp'\.$"):
         with distribute.scope("horovod"):
             pass
     images = np.zeros((8, 28, 28, 1), "uint8")
     np.savez(tmp_path / "images.npz", x_train=images, y_train=np.zeros(8, "int64"),
              x_test=images, y_test=np.zeros(8, "int64"))
     config = os.path.join(os.path.dirname(__file__), "train_tiny.json")
-    others = [(n, b) for n, b in (("mirrored", "tensorflow"), ("data_parallel", "jax"))
-              if b != backend]
-    assert others   # every backend lacks at least one engine
+    others = [(n, b) for b, n in ENGINES.items() if b != backend]
+    assert len(others) == 2
     for name, needed in others:
         message = (f"The distribution '{name}' needs the {needed} backend "
                    f"(KERAS_BACKEND={needed}); this process runs {backend}.")
@@ -290,6 +269,31 @@ def test_a_distribution_needs_its_backend(tmp_path):
             assert not (tmp_path / "run" / "backup").exists()
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="'ddp' is PyTorch's engine")
+def test_ddp_outside_torchrun_says_what_is_missing(tmp_path, monkeypatch):
+    from keras_flows import distribute, train
+
+    for name in distribute.TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    message = ("The distribution 'ddp' runs one process per device under torchrun "
+               "(`torchrun --nproc-per-node=N -m keras_flows.train ...`); RANK, MASTER_ADDR, "
+               "MASTER_PORT not set.")
+    with pytest.raises(ValueError) as error:
+        with distribute.scope("ddp"):
+            pass
+    assert str(error.value) == message
+    images = np.zeros((8, 28, 28, 1), "uint8")
+    np.savez(tmp_path / "images.npz", x_train=images, y_train=np.zeros(8, "int64"),
+             x_test=images, y_test=np.zeros(8, "int64"))
+    config = os.path.join(os.path.dirname(__file__), "train_tiny.json")
+    with pytest.raises(SystemExit) as exit:
+        train.main([config, "--out", str(tmp_path / "run"), "--data",
+                    str(tmp_path / "images.npz"), "--distribution", "ddp"])
+    assert str(exit.value) == f"error: {message}"
+    assert distribute.process_group() == (0, 1)
+
+
 if __name__ == "__main__":
     if os.environ.get("KF_TEST_LOGICAL_CPUS"):
         import tensorflow as tf
@@ -297,9 +301,13 @@ if __name__ == "__main__":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * int(os.environ["KF_TEST_LOGICAL_CPUS"]))
-    if sys.argv[1] == "torch":
-        _torch_worker()
-    elif sys.argv[1] == "train":
+    if sys.argv[1] == "train":
         _train_worker(*sys.argv[2:])
     else:
         _worker(sys.argv[1])
+    if "RANK" in os.environ:
+        # Leave without interpreter finalization: in the full suite a PyTorch
+        # worker that had printed its result hung there past the timeout (CI, twice).
+        sys.stdout.flush()
+        os._exit(0)
+

@@ -9,7 +9,7 @@ from keras import ops
 
 from keras_flows import metrics
 from keras_flows.bijectors.base import Bijector
-from keras_flows.distribute import loss_share
+from keras_flows.distribute import average_gradients, loss_share
 from keras_flows.distributions import Distribution, StandardNormal
 from keras_flows.utils.checks import check_event, check_sample_args
 from keras_flows.utils.inference import BATCH_SIZE, batched
@@ -117,6 +117,11 @@ class Flow(keras.Model):
             loss = loss + ops.cast(extra, loss.dtype)
         # Under tf.distribute each replica returns its share (see `loss_share`).
         return loss_share(loss)
+
+    def train_step(self, *args):
+        # PyTorch processes under distribute.scope("ddp"): gradients averaged over them.
+        average_gradients(self)
+        return super().train_step(*args)
 
     def _data_loss(self, nll, sample_weight):
         """The mean negative log-likelihood (nats), weighted if asked."""
