@@ -154,7 +154,9 @@ ENTROPY = {"moons": 2.393, "8gaussians": 2.83}
 # well-separated modes of 8gaussians; the splines get there in a few layers.
 FITS = {
     "MAF": (lambda: kf.MAF(event_shape=(2,), num_layers=10, hidden_units=(64, 64)), 100),
-    "IAF": (lambda: kf.IAF(event_shape=(2,), num_layers=10, hidden_units=(64, 64)), 100),
+    # IAF scores by its sequential inverse (D passes a layer): half MAF's depth and
+    # fewer epochs reach 2.418 (JAX), 2.427 (TF), 2.428 (PyTorch) on moons.
+    "IAF": (lambda: kf.IAF(event_shape=(2,), num_layers=5, hidden_units=(64, 64)), 60),
     "NSF": (lambda: kf.NSF(event_shape=(2,), num_layers=3, hidden_units=(64, 64), bins=8,
                            bound=4.0), 30),
     "NSF[coupling]": (lambda: kf.NSF(event_shape=(2,), num_layers=4, hidden_units=(64, 64),
