@@ -4,7 +4,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from cross_backend import on_other_backends
+from cross_backend import on_another_backend
 from real_data import dataset_file
 
 
@@ -25,8 +25,8 @@ def assert_image_flow_learns_mnist(flow, tmp_path):
     """Two epochs on 512 real MNIST digits bring `flow` below 7 bits/dim on 128
     test digits (a uniform model is exactly 8, an untrained one above 10);
     samples are images in [0, 255]; a saved and loaded copy scores the same,
-    here and on the other two backends (the stochastic log-dets' fixed
-    inference probes are the same on every backend)."""
+    here and on the next backend (`cross_backend`; the stochastic log-dets'
+    fixed inference probes are the same on every backend)."""
     with np.load(dataset_file("mnist")) as data:
         train = data["x_train"][:512].reshape(-1, 28, 28, 1).astype("float32")
         test = data["x_test"][:128].reshape(-1, 28, 28, 1).astype("float32")
@@ -42,6 +42,6 @@ def assert_image_flow_learns_mnist(flow, tmp_path):
     expected = ops.convert_to_numpy(flow.bits_per_dim(test[:8]))
     np.testing.assert_allclose(ops.convert_to_numpy(loaded.bits_per_dim(test[:8])), expected,
                                rtol=1e-5)
-    for backend, result in on_other_backends(flow, "bits_per_dim", tmp_path,
+    for backend, result in on_another_backend(flow, "bits_per_dim", tmp_path,
                                              images=test[:8]).items():
         np.testing.assert_allclose(result, expected, rtol=1e-4, err_msg=backend)

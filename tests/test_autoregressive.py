@@ -216,7 +216,7 @@ def test_conditional_nsf_learns_a_gaussian_whose_mean_is_the_context():
 
 @pytest.mark.parametrize("name", ["MAF", "IAF", "NSF", "NSF[coupling]"])
 def test_save_load_and_same_log_prob_on_every_backend(name, tmp_path):
-    from cross_backend import on_other_backends
+    from cross_backend import on_another_backend
 
     flow = randomise(VECTOR_MODELS[name](event_shape=(3,), context_shape=(2,)), scale=0.2)
     rng = np.random.default_rng(5)
@@ -227,7 +227,7 @@ def test_save_load_and_same_log_prob_on_every_backend(name, tmp_path):
     flow.save(path)
     loaded = keras.saving.load_model(path)
     np.testing.assert_array_equal(numpy(loaded.log_prob(x, c)), expected)
-    for backend, result in on_other_backends(flow, "log_prob", tmp_path, x=x,
+    for backend, result in on_another_backend(flow, "log_prob", tmp_path, x=x,
                                              context=c).items():
         np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5,
                                    err_msg=f"{backend} disagrees")

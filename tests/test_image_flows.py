@@ -9,7 +9,7 @@ import pytest
 from keras import ops
 
 import keras_flows as kf
-from cross_backend import on_other_backends
+from cross_backend import on_another_backend
 from real_data import dataset_file
 from keras_flows.bijectors import Dequantize
 
@@ -236,7 +236,7 @@ def test_the_same_glow_weights_give_the_same_bits_per_dim_on_every_backend(mnist
     flow.compile(optimizer=keras.optimizers.Adamax(1e-3))
     flow.fit(mnist[0][:128], batch_size=64, epochs=1, verbose=0)
     expected = numpy(flow.bits_per_dim(mnist[2][:8]))
-    for backend, result in on_other_backends(flow, "bits_per_dim", tmp_path,
+    for backend, result in on_another_backend(flow, "bits_per_dim", tmp_path,
                                              images=mnist[2][:8]).items():
         np.testing.assert_allclose(result, expected, rtol=1e-5, err_msg=backend)
 

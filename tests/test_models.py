@@ -5,7 +5,7 @@ import keras
 from keras import ops
 
 import keras_flows as kf
-from cross_backend import on_other_backends
+from cross_backend import on_another_backend
 from test_bijectors import CASES, make
 
 
@@ -38,7 +38,7 @@ def test_the_same_weights_give_the_same_log_prob_on_every_backend(tmp_path):
     flow.compile(optimizer=keras.optimizers.Adam(1e-3))
     flow.fit({"x": x, "context": c}, batch_size=32, epochs=1, verbose=0)
     expected = ops.convert_to_numpy(flow.log_prob(x, c))
-    for backend, result in on_other_backends(flow, "log_prob", tmp_path, x=x,
+    for backend, result in on_another_backend(flow, "log_prob", tmp_path, x=x,
                                              context=c).items():
         np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5,
                                    err_msg=f"{backend} disagrees")
