@@ -16,9 +16,6 @@ from keras import ops
 import keras_flows as kf
 from keras_flows.export import export_saved_model
 
-# One xdist worker runs the whole file: its module fixture exports three flows.
-pytestmark = pytest.mark.xdist_group("test_export")
-
 # Runs the calls of argv[2] (JSON) on SavedModels; an argument names an input
 # of argv[1] or an output "call.key" of an earlier call; writes argv[3].
 LOADER = r"""

@@ -21,9 +21,6 @@ import pytest
 from keras_flows import train
 from keras_flows.callbacks import Checkpoint
 
-# One xdist worker runs the whole file: its module fixture is a whole training run.
-pytestmark = pytest.mark.xdist_group("test_resume")
-
 CONFIG = pathlib.Path(__file__).with_name("train_tiny.json")
 STEPS = 8
 

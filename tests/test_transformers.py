@@ -20,9 +20,6 @@ from keras import ops
 from keras_flows import transformers as kt
 from keras_flows.transformers import Additive, Affine, RationalQuadraticSpline
 
-# One xdist worker runs the whole file: its module fixture runs TFP in a subprocess.
-pytestmark = pytest.mark.xdist_group("test_transformers")
-
 BACKEND = keras.backend.backend()
 SHAPE = (5, 3)  # a batch of 5, 3 features
 

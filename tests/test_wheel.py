@@ -12,9 +12,6 @@ import zipfile
 
 import pytest
 
-# One xdist worker runs the whole file: its module fixture builds the wheel.
-pytestmark = pytest.mark.xdist_group("test_wheel")
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MANIFEST = json.loads((ROOT / "keras_flows" / "presets" / "manifest.json").read_text())
 BUILD = ("import sys; from setuptools import build_meta as b; "
