@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite once per backend: TensorFlow, JAX, PyTorch.
 # Tests run in one pytest worker per CPU (pytest-xdist), a file to a worker (so
-# module fixtures are made once); extra arguments go to pytest, e.g.
+# module fixtures are made once), the slowest files first (tests/conftest.py);
+# extra arguments go to pytest, e.g.
 # `scripts/test.sh -k moons`, `scripts/test.sh -n 0` for one process.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
@@ -21,7 +22,7 @@ for backend in tensorflow jax torch; do
   echo "=== KERAS_BACKEND=$backend"
   start=$SECONDS
   log=$(mktemp)
-  KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile "$@" 2>&1 | tee "$log"
+  KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile --no-loadscope-reorder "$@" 2>&1 | tee "$log"
   code=${PIPESTATUS[0]}
   [ "$code" -eq 0 ] || status=1
   p=$(grep -oE '[0-9]+ passed' "$log" | tail -1 | cut -d' ' -f1); passed=$((passed + ${p:-0}))

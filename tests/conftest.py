@@ -16,6 +16,22 @@ if os.environ.get("KERAS_BACKEND") == "jax":
     jax.config.update("jax_enable_x64", True)
 
 
+# The files whose tests take longest, slowest first (their slowest tests'
+# durations summed over the backends, 2026-11-28). scripts/test.sh gives each
+# xdist worker a whole file at a time in collection order: these go first, so
+# that no worker is left with a long file while the other idles at the end.
+SLOWEST_FIRST = ("test_bijectors.py", "test_image_flows.py", "test_autoregressive.py",
+                 "test_ffjord.py", "test_cli.py", "test_export.py", "test_residual.py",
+                 "test_models.py", "test_guides.py", "test_resume.py", "test_memory.py",
+                 "test_presets.py", "test_train.py", "test_distributed.py",
+                 "test_manifold_flow.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     """Serves `server.root`; `server.faults[path]` is one of
     404, truncate, corrupt, nolength, hang."""
