@@ -16,6 +16,10 @@ try:
 except (OSError, ValueError):
     pass
 print(min(n, 4))')
+# One thread per worker: PyTorch's OpenMP and TensorFlow's pools otherwise each
+# start a thread per core, and the workers' threads fight over the cores (a
+# PyTorch run stalled for minutes on two workers).
+export OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1
 set +e   # run every backend, then report
 passed=0; failed=0; status=0
 for backend in tensorflow jax torch; do
