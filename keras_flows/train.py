@@ -35,8 +35,9 @@ the result as a preset. `--distribution mirrored` (TensorFlow) or
 local device with each global batch split evenly between them, with the
 results of one device (see `keras_flows.distribute` and
 guides/distributed_training.md); `ddp` (PyTorch) does the same with one process
-per device under `torchrun`, of which the first writes every file. Errors (a bad config, a missing data file, a full
-disk) end with one line and exit code 1; `--verbose` shows the traceback.
+per device under `torchrun`, of which the first writes every file. Errors (a bad
+config, a missing data file, a full disk) end with one line and exit code 1;
+`--verbose` shows the traceback.
 """
 
 import argparse

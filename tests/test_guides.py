@@ -25,6 +25,7 @@ from PIL import Image
 
 import keras_flows as kf
 from keras_flows.anomaly import METHODS
+from cross_backend import BACKENDS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GUIDES = ROOT / "guides"
@@ -38,9 +39,6 @@ TINY_2D_CONFIG = {
     "training": {"epochs": 3, "batch_size": 256, "learning_rate": 0.003,
                  "validation_split": 0.1, "seed": 0},
 }
-
-
-BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def backend_of(script):
