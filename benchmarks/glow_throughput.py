@@ -2,6 +2,7 @@
 
     KERAS_BACKEND=jax python benchmarks/glow_throughput.py [--batch-sizes 64,256]
         [--steps 50] [--repeats 3] [--config zoo/glow_cifar10_small.json]
+        [--jit] [--library normflows]
 
 The model and optimizer are those `keras_flows.train` builds from the config
 (Glow, L=3, K=8, 64 channels by default; Adamax with the warmup schedule and
@@ -11,7 +12,17 @@ depend on the pixels). For each batch size: one warm-up epoch of a few steps
 (tracing and compilation, its time reported as `first_epoch_s`), then
 `--repeats` timed epochs of `--steps` steps; images/s = steps * B / wall
 time, the median of the repeats. Prints one JSON line per batch size with
-the backend, the device and the date.
+the backend, the device and the date. `--jit` compiles with
+`jit_compile=True` instead of the config's choice ("auto" by default).
+
+`--library normflows` times the peer instead (`pip install normflows`,
+PyTorch, the GPU when there is one): its `MultiscaleFlow` of `GlowBlock`s
+with the config's levels, steps per level and hidden channels (affine
+coupling with sigmoid scale, LU 1x1 convolution, ActNorm; a learned
+diagonal Gaussian `GlowBase` for each level's factored-out part, where
+keras_flows's split priors are a convolution of the kept half), trained by
+its `forward_kld` on the same images with uniform dequantization noise drawn
+in the step, Adamax and the same gradient clipping and learning rate.
 """
 
 import argparse
@@ -32,13 +43,13 @@ from keras_flows.callbacks import Warmup  # noqa: E402
 from keras_flows.utils.backend import device_description  # noqa: E402
 
 
-def measure(config, batch_size, steps, repeats):
+def measure(config, batch_size, steps, repeats, jit=False):
     flow = getattr(kf, config["model"])(**config["model_config"])
     train = config["training"]
     flow.compile(optimizer=keras.optimizers.Adamax(
                      Warmup(train["learning_rate"], train.get("warmup_steps", 1)),
                      clipnorm=train.get("clipnorm")),
-                 jit_compile=train.get("jit_compile", "auto"))
+                 jit_compile=True if jit else train.get("jit_compile", "auto"))
     shape = tuple(config["model_config"]["image_shape"])
     x = np.random.default_rng(0).integers(0, 256, (steps * batch_size, *shape), dtype=np.uint8)
     start = time.perf_counter()
@@ -50,8 +61,70 @@ def measure(config, batch_size, steps, repeats):
         flow.fit(x, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
         times.append(time.perf_counter() - start)
     rates = [steps * batch_size / t for t in times]
-    return {"model": config["model"], "parameters": int(flow.count_params()),
-            "backend": keras.backend.backend(), "device": device_description(),
+    return {"library": f"keras_flows {kf.__version__}", "model": config["model"],
+            "parameters": int(flow.count_params()),
+            "backend": keras.backend.backend(), "jit_compile": flow.jit_compile,
+            "device": device_description(),
+            "batch_size": batch_size, "steps": steps, "repeats": repeats,
+            "images_per_s": round(statistics.median(rates), 1),
+            "images_per_s_range": [round(min(rates), 1), round(max(rates), 1)],
+            "first_epoch_s": round(first, 1), "date": time.strftime("%Y-%m-%d")}
+
+
+def measure_normflows(config, batch_size, steps, repeats):
+    import normflows as nf
+    import torch
+
+    model_config, train = config["model_config"], config["training"]
+    height, width, channels = model_config["image_shape"]
+    levels, depth = model_config["levels"], model_config["steps_per_level"]
+    hidden = model_config["hidden_channels"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    # normflows lists the levels from the latent end: level i (0 = coarsest)
+    # works on channels * 2^(levels + 1 - i) channels after its squeeze.
+    flows, priors, merges = [], [], []
+    for i in range(levels):
+        c = channels * 2 ** (levels + 1 - i)
+        flows.append([nf.flows.GlowBlock(c, hidden, split_mode="channel", scale=True)
+                      for _ in range(depth)] + [nf.flows.Squeeze()])
+        if i == 0:
+            latent = (c, height // 2 ** levels, width // 2 ** levels)
+        else:
+            merges.append(nf.flows.Merge())
+            latent = (c // 2, height // 2 ** (levels - i), width // 2 ** (levels - i))
+        priors.append(nf.distributions.GlowBase(latent))
+    model = nf.MultiscaleFlow(priors, flows, merges, class_cond=False).to(device)
+    optimizer = torch.optim.Adamax(model.parameters(), lr=train["learning_rate"])
+    x = torch.from_numpy(np.random.default_rng(0).integers(
+        0, 256, (steps * batch_size, channels, height, width), dtype=np.uint8))
+
+    def epoch(images):
+        for start in range(0, len(images) - batch_size + 1, batch_size):
+            batch = images[start:start + batch_size].to(device).float()
+            batch = (batch + torch.rand_like(batch)) / 256.0
+            loss = model.forward_kld(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if train.get("clipnorm"):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train["clipnorm"])
+            optimizer.step()
+        float(loss.detach())  # waits for the device
+
+    start = time.perf_counter()
+    epoch(x[:3 * batch_size])  # ActNorm's data-dependent start and warm-up
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        epoch(x)
+        times.append(time.perf_counter() - start)
+    rates = [steps * batch_size / t for t in times]
+    return {"library": f"normflows {nf.__version__}", "model": "MultiscaleFlow(GlowBlock)",
+            "parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+            "backend": "torch", "jit_compile": False,
+            "device": torch.cuda.get_device_name(0) if device == "cuda"
+            else device_description(),
             "batch_size": batch_size, "steps": steps, "repeats": repeats,
             "images_per_s": round(statistics.median(rates), 1),
             "images_per_s_range": [round(min(rates), 1), round(max(rates), 1)],
@@ -65,11 +138,21 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", default="64")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--jit", action="store_true",
+                        help="keras_flows: compile with jit_compile=True")
+    parser.add_argument("--library", choices=["keras_flows", "normflows"],
+                        default="keras_flows")
     args = parser.parse_args(argv)
+    if args.library == "normflows" and args.jit:
+        parser.error("--jit applies to keras_flows only")
     with open(args.config) as f:
         config = json.load(f)
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-        print(json.dumps(measure(config, batch_size, args.steps, args.repeats)), flush=True)
+        if args.library == "normflows":
+            result = measure_normflows(config, batch_size, args.steps, args.repeats)
+        else:
+            result = measure(config, batch_size, args.steps, args.repeats, args.jit)
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -190,6 +190,59 @@ def test_matmul_promotes_and_traces():
     assert keras.backend.standardize_dtype(spec.dtype) == "float64"
 
 
+def _numpy_conv_same(x, kernel):
+    """Stride-1 'same' cross-correlation, (B, H, W, I) * (h, w, I, O), odd h, w."""
+    h, w = kernel.shape[:2]
+    padded = np.pad(x, ((0, 0), (h // 2, h // 2), (w // 2, w // 2), (0, 0)))
+    out = np.zeros((*x.shape[:3], kernel.shape[3]))
+    for i in range(h):
+        for j in range(w):
+            out += padded[:, i:i + x.shape[1], j:j + x.shape[2]] @ kernel[i, j]
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 3, 5])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conv2d_matches_numpy_and_its_gradient_is_the_adjoint(size, dtype):
+    from keras_flows.utils.backend import conv2d
+
+    x = _RNG.normal(size=(2, 6, 5, 3))
+    kernel = _RNG.normal(size=(size, size, 3, 4))
+    upstream = _RNG.normal(size=(2, 6, 5, 4))
+    expected = _numpy_conv_same(x, kernel)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    y = conv2d(ops.convert_to_tensor(x, dtype), ops.convert_to_tensor(kernel, dtype))
+    assert keras.backend.standardize_dtype(y.dtype) == dtype
+    assert tuple(y.shape) == expected.shape
+    np.testing.assert_allclose(ops.convert_to_numpy(y), expected, rtol=tol, atol=tol * 10)
+    # d<upstream, conv(x)>/dx is the adjoint convolution of `upstream`: the
+    # same 'same' correlation with the kernel flipped and its channels swapped.
+    flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+    _, pull = pullback(lambda t: conv2d(t, ops.convert_to_tensor(kernel, dtype)),
+                       ops.convert_to_tensor(x, dtype))
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(pull(ops.convert_to_tensor(upstream, dtype))),
+        _numpy_conv_same(upstream, flipped), rtol=tol, atol=tol * 10)
+
+
+def test_conv2d_layer_is_keras_conv2d():
+    from keras_flows.layers import Conv2D
+
+    x = ops.convert_to_tensor(_RNG.normal(size=(2, 7, 7, 3)), "float32")
+    for kwargs in ({"padding": "same", "activation": "relu"},
+                   {"padding": "valid", "strides": 2}):
+        ours = Conv2D(4, 3, **kwargs)
+        theirs = keras.layers.Conv2D(4, 3, **kwargs)
+        ours.build(x.shape)
+        theirs.build(x.shape)
+        assert [w.path.split("/")[-1] for w in ours.weights] == ["kernel", "bias"]
+        theirs.set_weights(ours.get_weights())
+        np.testing.assert_allclose(ops.convert_to_numpy(ours(x)),
+                                   ops.convert_to_numpy(theirs(x)), rtol=1e-5, atol=1e-5)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
+    assert type(restored) is Conv2D and restored.strides == (2, 2)
+
+
 # -- vector-Jacobian products and the divergence (`backend.vjp`, `utils.trace`) --
 #
 # f(x) = x A^T + w x*x, row-wise on x of shape (B, D): the Jacobian of row b is

@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector, sum_except_batch
+from keras_flows.layers.conv import Conv2D
 from keras_flows.layers.dense import Dense
 from keras_flows.utils.math import tanh, upcast
 
@@ -60,7 +61,7 @@ class SplitPrior(Bijector):
             raise ValueError("SplitPrior takes images (batch, height, width, channels) with "
                              f"at least 2 channels; got shape {tuple(input_shape)}.")
         self.channels = int(channels) // 2
-        self.conv = keras.layers.Conv2D(2 * self.channels, 3, padding="same",
+        self.conv = Conv2D(2 * self.channels, 3, padding="same",
                                         kernel_initializer="zeros", dtype=self.dtype_policy,
                                         name="conv")
         self.conv.build((None, None, None, int(channels) - self.channels))

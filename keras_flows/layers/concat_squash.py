@@ -5,7 +5,7 @@ import keras
 from keras import ops
 
 from keras_flows.layers.dense import get_activation, serialize_activation
-from keras_flows.utils.backend import matmul
+from keras_flows.utils.backend import conv2d, matmul
 
 
 def _time_column(t, x, dtype):
@@ -115,7 +115,7 @@ class ConcatSquashConv2D(ConcatSquashDense):
         return (self.kernel_size, self.kernel_size, input_shape[-1], self.units)
 
     def _product(self, x):
-        return ops.conv(x, self.kernel, padding="same")
+        return conv2d(x, self.kernel)
 
     def get_config(self):
         config = super().get_config()

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_flows.layers.conv import Conv2D
 from keras_flows.layers.dense import Dense
 
 
@@ -118,16 +119,16 @@ class ConvNet(_Stack):
         self.hidden_channels = int(hidden_channels)
         self.kernel_size = int(kernel_size)
         self.hidden = [
-            keras.layers.Conv2D(self.hidden_channels, self.kernel_size, padding="same",
+            Conv2D(self.hidden_channels, self.kernel_size, padding="same",
                                 activation="relu", dtype=self.dtype_policy,
                                 name="conv_0"),
-            keras.layers.Conv2D(self.hidden_channels, 1, padding="same",
+            Conv2D(self.hidden_channels, 1, padding="same",
                                 activation="relu", dtype=self.dtype_policy,
                                 name="conv_1"),
         ]
 
     def _make_out(self):
-        return keras.layers.Conv2D(
+        return Conv2D(
             _output_size(self, "output_channels"), self.kernel_size, padding="same",
             kernel_initializer="zeros", bias_initializer="zeros",
             dtype=self.dtype_policy, name="out",
@@ -199,7 +200,7 @@ class ResNet(keras.layers.Layer):
         dtype = self.dtype_policy
 
         def conv(name, channels=self.hidden_channels, **kw):
-            return keras.layers.Conv2D(channels, 3, padding="same", dtype=dtype,
+            return Conv2D(channels, 3, padding="same", dtype=dtype,
                                        name=name, **kw)
 
         def norm(name):
@@ -228,7 +229,7 @@ class ResNet(keras.layers.Layer):
             for layer in (norm_0, conv_0, norm_1, conv_1):
                 layer.build(shape)
         self.norm_out.build(shape)
-        self.out = keras.layers.Conv2D(
+        self.out = Conv2D(
             _output_size(self, "output_channels"), 3, padding="same",
             kernel_initializer="zeros", bias_initializer="zeros",
             dtype=self.dtype_policy, name="out")

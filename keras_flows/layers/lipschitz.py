@@ -5,7 +5,7 @@ import keras
 from keras import ops
 
 from keras_flows.layers.dense import Dense, get_activation, serialize_activation
-from keras_flows.utils.backend import matmul
+from keras_flows.utils.backend import conv2d, matmul
 
 
 def _unit(x):
@@ -137,7 +137,8 @@ class SpectralConv2D(_PowerIteration, keras.layers.Layer):
     norm is what bounds the Lipschitz constant), by power iteration with
     `conv` and its adjoint `conv_transpose` (see `_PowerIteration`; u has
     the shape of one input image). `build` runs 200 iterations from a seeded
-    random u. Products keep float64 on every backend (`ops.conv`).
+    random u. Products keep float64 on every backend (`utils.backend.conv2d`,
+    `ops.conv_transpose`).
 
     Args:
         filters: output channels.
@@ -184,13 +185,13 @@ class SpectralConv2D(_PowerIteration, keras.layers.Layer):
         # u twice: PyTorch's CPU convolution cannot differentiate in the kernel
         # with one image and one output channel ("slow_conv2d: grad_weight must
         # be contiguous").
-        return ops.conv(ops.concatenate([u, u]), kernel, padding="same")[:1]
+        return conv2d(ops.concatenate([u, u]), kernel)[:1]
 
     def _adjoint(self, kernel, v):
         return ops.conv_transpose(v, kernel, padding="same")
 
     def call(self, x):
-        return self.activation(ops.conv(x, self._kernel(), padding="same") + self.bias)
+        return self.activation(conv2d(x, self._kernel()) + self.bias)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.filters)
