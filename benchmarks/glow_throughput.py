@@ -3,6 +3,7 @@
     KERAS_BACKEND=jax python benchmarks/glow_throughput.py [--batch-sizes 64,256]
         [--steps 50] [--repeats 3] [--config zoo/glow_cifar10_small.json]
         [--jit] [--library normflows]
+    KERAS_BACKEND=torch python benchmarks/glow_throughput.py --profile 3
 
 The model and optimizer are those `keras_flows.train` builds from the config
 (Glow, L=3, K=8, 64 channels by default; Adamax with the warmup schedule and
@@ -14,6 +15,10 @@ depend on the pixels). For each batch size: one warm-up epoch of a few steps
 time, the median of the repeats. Prints one JSON line per batch size with
 the backend, the device and the date. `--jit` compiles with
 `jit_compile=True` instead of the config's choice ("auto" by default).
+
+`--profile N` (PyTorch) runs N `train_on_batch` steps at the first batch
+size under `torch.profiler` after two warm-up steps and prints its table of
+operators by their own CPU time, instead of timing.
 
 `--library normflows` times the peer instead (`pip install normflows`,
 PyTorch, the GPU when there is one): its `MultiscaleFlow` of `GlowBlock`s
@@ -69,6 +74,24 @@ def measure(config, batch_size, steps, repeats, jit=False):
             "images_per_s": round(statistics.median(rates), 1),
             "images_per_s_range": [round(min(rates), 1), round(max(rates), 1)],
             "first_epoch_s": round(first, 1), "date": time.strftime("%Y-%m-%d")}
+
+
+def profile(config, batch_size, steps):
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    flow = getattr(kf, config["model"])(**config["model_config"])
+    flow.compile(optimizer=keras.optimizers.Adamax(
+        config["training"]["learning_rate"], clipnorm=config["training"].get("clipnorm")))
+    shape = tuple(config["model_config"]["image_shape"])
+    x = np.random.default_rng(0).integers(0, 256, (batch_size, *shape), dtype=np.uint8)
+    for _ in range(2):
+        flow.train_on_batch(x)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            flow.train_on_batch(x)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 
 def measure_normflows(config, batch_size, steps, repeats):
@@ -142,11 +165,17 @@ def main(argv=None):
                         help="keras_flows: compile with jit_compile=True")
     parser.add_argument("--library", choices=["keras_flows", "normflows"],
                         default="keras_flows")
+    parser.add_argument("--profile", type=int, metavar="N",
+                        help="PyTorch: print torch.profiler's table of N steps, no timing")
     args = parser.parse_args(argv)
-    if args.library == "normflows" and args.jit:
-        parser.error("--jit applies to keras_flows only")
+    if args.library == "normflows" and (args.jit or args.profile):
+        parser.error("--jit and --profile apply to keras_flows only")
+    if args.profile and keras.backend.backend() != "torch":
+        parser.error("--profile needs KERAS_BACKEND=torch")
     with open(args.config) as f:
         config = json.load(f)
+    if args.profile:
+        return profile(config, int(args.batch_sizes.split(",")[0]), args.profile)
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         if args.library == "normflows":
             result = measure_normflows(config, batch_size, args.steps, args.repeats)
