@@ -178,6 +178,41 @@ def test_nfe_is_reported():
     assert not layer.nfe.trainable
 
 
+def test_inference_solve_compiles_once_per_shape_on_jax():
+    # On JAX an eager inference solve runs under one cached `jax.jit`, so the
+    # field's Python code runs (is traced) on the first call of a shape only;
+    # elsewhere it runs at every evaluation. On every backend the values are
+    # the closed form z(T) = expm(A T) x, log-det T tr(A), with the current
+    # weights (here the end time T), and the solver's errors still raise.
+    calls = []
+
+    class CountingField(LinearField):
+        def call(self, z, t, context=None):
+            calls.append(t)
+            return super().call(z, t, context)
+
+    layer = ContinuousFlow(vector_field=CountingField(A, dtype="float64"), rtol=1e-9,
+                           atol=1e-9, dtype="float64")
+    layer.build((None, 3))
+    x = data()
+    for end_time in (1.0, 0.5):
+        layer.end_time_weight.assign(np.log(np.expm1(end_time)))
+        before = len(calls)
+        z, log_det = layer.forward(x)
+        np.testing.assert_allclose(numpy(z), x @ scipy.linalg.expm(A * end_time).T,
+                                   rtol=1e-7, atol=1e-8)
+        np.testing.assert_allclose(numpy(log_det), end_time * np.trace(A), rtol=1e-7)
+        nfe = int(numpy(layer.nfe))
+        assert nfe > 8 and (nfe - 2) % 6 == 0
+        if BACKEND == "jax" and end_time != 1.0:
+            assert len(calls) == before  # the same shape: no new trace
+        else:
+            assert len(calls) > before
+    layer.max_steps = 2
+    with pytest.raises(RuntimeError, match="max_steps=2"):
+        layer.forward(x)
+
+
 @pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
 def test_hutchinson_is_unbiased_and_seeded(noise):
     # n copies of one point: each row gets its own probe, fixed along its solve.

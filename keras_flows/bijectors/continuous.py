@@ -8,8 +8,8 @@ from keras import ops
 from keras_flows.bijectors.base import (Bijector, deserialize_sublayers, per_example,
                                        serialize_sublayers, sum_except_batch)
 from keras_flows.layers.concat_squash import VectorField
-from keras_flows.utils.backend import vjp
-from keras_flows.utils.ode import METHODS, odeint
+from keras_flows.utils.backend import compiled_on_jax, is_concrete, vjp
+from keras_flows.utils.ode import METHODS, check_converged, odeint
 from keras_flows.utils.random import fixed_probe
 
 TRACES = ("exact", "hutchinson")
@@ -68,7 +68,10 @@ class ContinuousFlow(Bijector):
     equal steps. Gradients backpropagate through the solver's steps. The
     number of function evaluations of the last solve is kept in the
     non-trainable variable `nfe` (each evaluation of the augmented dynamics
-    is one evaluation of f and its vector-Jacobian products).
+    is one evaluation of f and its vector-Jacobian products). On JAX an
+    eager inference solve (`training=False`: `Flow.log_prob`, `sample`)
+    runs compiled by `utils.backend.compiled_on_jax`, once per input shape:
+    called eagerly, JAX would compile the solver's loop again at every call.
 
     `exact_inverse = True`: the inverse is the reverse solve of the same ODE,
     exact up to the solver's error: with dopri5 a few `rtol`/`atol` (local
@@ -221,6 +224,28 @@ class ContinuousFlow(Bijector):
         return [2.0 * ops.cast(bits, z.dtype) - 1.0]
 
     def _solve(self, y, context, training, s0, s1):
+        if training:
+            (z, log_det, *integrals), stats = self._integrate(y, context, True, s0, s1)
+        else:
+            # Inference on JAX: the solver compiles once per shape, not per call.
+            key = (s0, s1, self.solver, self.rtol, self.atol, self.steps, self.max_steps,
+                   self.eval_trace, self.eval_seed, self.noise)
+            (z, log_det, *integrals), stats = compiled_on_jax(
+                self, key, lambda y, c: self._integrate(y, c, False, s0, s1), y, context)
+            if self.solver == "dopri5" and is_concrete(stats["converged"]):
+                check_converged(stats, s1, self.max_steps)
+        self.nfe.assign(ops.cast(stats["nfe"], "int32"))
+        # Backwards in s the integrals come out negated: the inverse log-det is
+        # -int tr dt, as it should be; the regularisers are the integrals.
+        sign = 1.0 if s1 > s0 else -1.0
+        on = [c for c in (self.kinetic_energy, self.jacobian_norm) if training and c > 0]
+        for coefficient, integral in zip(on, integrals):
+            self.add_loss(coefficient * sign * ops.mean(integral))
+        return z, log_det
+
+    def _integrate(self, y, context, training, s0, s1):
+        """`odeint`'s `(state, stats)` for the augmented state (z, log-det
+        [, kinetic energy][, Jacobian norm]) from s0 to s1."""
         dtype = y.dtype
         time = ops.cast(self.time(), dtype)
         probes = self._probes(y, training)
@@ -242,17 +267,8 @@ class ContinuousFlow(Bijector):
 
         zeros = per_example(y, 0.0)
         state = [y, zeros] + [zeros] * (int(kinetic) + int(frobenius))
-        out, stats = odeint(dynamics, state, s0, s1, method=self.solver, steps=self.steps,
-                            rtol=self.rtol, atol=self.atol, max_steps=self.max_steps)
-        self.nfe.assign(ops.cast(stats["nfe"], "int32"))
-        # Backwards in s the integrals come out negated: the inverse log-det is
-        # -int tr dt, as it should be; the regularisers are the integrals.
-        sign = 1.0 if s1 > s0 else -1.0
-        for coefficient, integral in zip(
-                [c for c, on in ((self.kinetic_energy, kinetic),
-                                 (self.jacobian_norm, frobenius)) if on], out[2:]):
-            self.add_loss(coefficient * sign * ops.mean(integral))
-        return out[0], out[1]
+        return odeint(dynamics, state, s0, s1, method=self.solver, steps=self.steps,
+                      rtol=self.rtol, atol=self.atol, max_steps=self.max_steps)
 
     def get_config(self):
         config = super().get_config()

@@ -1,6 +1,7 @@
 """The little per-backend code keras_flows needs, one branch per backend."""
 
 import contextlib
+import weakref
 
 import numpy as np
 import keras
@@ -71,6 +72,44 @@ def matmul(a, b):
         dtype = torch.promote_types(a.dtype, b.dtype)
         a, b = a.to(dtype), b.to(dtype)
     return torch.matmul(a, b)
+
+
+_COMPILED = weakref.WeakKeyDictionary()  # layer -> {key: jitted function}
+
+
+def compiled_on_jax(layer, key, fn, *args):
+    """`fn(*args)`, for inference with `layer`'s variables; on JAX, with
+    concrete arguments, compiled once per `key` and argument shapes.
+
+    JAX runs a `scan` or `while_loop` called eagerly by compiling its body,
+    and a body that is a fresh closure at each call (an ODE solve's
+    dynamics, say) misses every cache: each call compiles again. Here `fn`
+    runs under one `jax.jit` kept per layer and `key`, the layer's variables
+    passed in through a `keras.StatelessScope` and the non-trainable values
+    it assigns written back afterwards. `key` must name everything `fn`
+    depends on other than `args` and the variables: the first `fn` given a
+    key is the one compiled. Elsewhere, and while traced, `fn(*args)` runs
+    as it is. The outputs carry no gradient.
+    """
+    leaves = [a for a in keras.tree.flatten(args) if a is not None]
+    if keras.backend.backend() != "jax" or not all(is_concrete(a) for a in leaves):
+        return fn(*args)
+    import jax
+
+    variables = list(layer.variables)
+    cache = _COMPILED.setdefault(layer, {})
+    if key not in cache:
+        def run(values, *args):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+                out = fn(*args)
+                return out, [scope.get_current_value(v) for v in variables]
+
+        cache[key] = jax.jit(run)
+    out, values = cache[key]([v.value for v in variables], *args)
+    for variable, value in zip(variables, values):
+        if not variable.trainable:
+            variable.assign(value)
+    return out
 
 
 def conv2d(x, kernel, padding="same"):

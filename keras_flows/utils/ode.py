@@ -94,7 +94,7 @@ def odeint(f, y0, t0, t1, method="dopri5", steps=None, rtol=1e-5, atol=1e-5,
         `nfe` (evaluations of f), `steps` (accepted steps), `rejected`
         (rejected steps) and `converged` (t1 reached). Python ints and True
         for the fixed-step methods, scalar tensors (int32, bool) for
-        `"dopri5"`.
+        `"dopri5"`, whose `stats` also hold `t`, the time reached.
 
     Example:
         >>> y1, stats = odeint(lambda t, y: -y, ops.ones((3,)), 0.0, 1.0)
@@ -251,12 +251,20 @@ def _dopri5(func, y0, t0, t1, rtol, atol, max_steps):
     counter = ops.zeros((), "int32")
     state = (t0, sg(h), y0, k1, counter + 2, counter, counter)
     t, _, y1, _, nfe, accepted, rejected = fori_loop(0, max_steps, body, state)
-    converged = remaining(t) <= 0
-    if is_concrete(t) and not bool(ops.convert_to_numpy(converged)):
+    stats = {"nfe": nfe, "steps": accepted, "rejected": rejected,
+             "converged": remaining(t) <= 0, "t": t}
+    if is_concrete(t):
+        check_converged(stats, t1, max_steps)
+    return tuple(y1), stats
+
+
+def check_converged(stats, t1, max_steps):
+    """Raises `odeint`'s `RuntimeError` if a dopri5 solve, with concrete
+    `stats`, stopped at `max_steps` before `t1`: for a solve that ran
+    compiled, where nothing could raise."""
+    if not bool(ops.convert_to_numpy(stats["converged"])):
         raise RuntimeError(
-            f"odeint(method='dopri5') reached t = {float(ops.convert_to_numpy(t)):.6g} "
+            f"odeint(method='dopri5') reached t = {float(ops.convert_to_numpy(stats['t'])):.6g} "
             f"of t1 = {float(ops.convert_to_numpy(t1)):.6g} in max_steps={max_steps} "
-            f"attempted steps ({int(ops.convert_to_numpy(accepted))} accepted); raise "
+            f"attempted steps ({int(ops.convert_to_numpy(stats['steps']))} accepted); raise "
             "`max_steps` or loosen `rtol`/`atol`.")
-    return tuple(y1), {"nfe": nfe, "steps": accepted, "rejected": rejected,
-                       "converged": converged}
