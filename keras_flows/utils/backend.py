@@ -1,7 +1,6 @@
 """The little per-backend code keras_flows needs, one branch per backend."""
 
 import contextlib
-import weakref
 
 import numpy as np
 import keras
@@ -74,9 +73,6 @@ def matmul(a, b):
     return torch.matmul(a, b)
 
 
-_COMPILED = weakref.WeakKeyDictionary()  # layer -> {key: jitted function}
-
-
 def compiled_on_jax(layer, key, fn, *args):
     """`fn(*args)`, for inference with `layer`'s variables; on JAX, with
     concrete arguments, compiled once per `key` and argument shapes.
@@ -97,7 +93,8 @@ def compiled_on_jax(layer, key, fn, *args):
     import jax
 
     variables = list(layer.variables)
-    cache = _COMPILED.setdefault(layer, {})
+    # Kept on the layer (beside Keras's attribute tracking), so it goes with it.
+    cache = layer.__dict__.setdefault("_compiled_on_jax", {})
     if key not in cache:
         def run(values, *args):
             with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
