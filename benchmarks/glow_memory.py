@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 KERAS_BACKEND=jax python benchmarks/glow_memory.py \\
         [--sizes 3,8,128,16 3,16,256,16] [--modes none,step,level,mixed,mixed+step] \\
         [--image-size 32] [--timeout 300] [--out benchmarks/glow_memory.md]
+    python benchmarks/glow_memory.py --control      # JAX: jax.checkpoint alone
 
 Each size `L,K,width,batch` is Glow(levels=L, steps_per_level=K,
 hidden_channels=width) on `image-size`^2 x 3 images (CIFAR-10's 32x32 by
@@ -19,6 +20,14 @@ mode runs in a fresh subprocess, which:
    device allocation (JAX `memory_stats()["peak_bytes_in_use"]`, PyTorch
    `torch.cuda.max_memory_allocated()`, TensorFlow
    `tf.config.experimental.get_memory_info("GPU:0")["peak"]`).
+
+On JAX each row also gives `XLA temp MiB`: the temporary buffers (the
+activations kept for the backward pass among them) that XLA plans for the
+compiled gradient of the loss, from `memory_analysis()` of
+`jax.jit(jax.grad(loss)).lower(...).compile()`, the loss being the mean
+negative log-likelihood through `flow.stateless_call`. It is a property of
+the compiled program, so it does not depend on the machine's load or on
+what else the process holds, unlike the peak RSS.
 
 Modes: `none` (float32, every activation kept), `step` / `level` (the
 `remat` option of `ImageFlow`), `mixed` (`dtype="mixed_bfloat16"`) and
@@ -73,6 +82,46 @@ def gpu_peak_mb(backend):
     return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
 
 
+def xla_temp_mb(flow, x):
+    """MiB of temporaries in XLA's plan for the gradient of the mean NLL (JAX)."""
+    import jax
+    from keras import ops
+
+    def loss(trainable, non_trainable, x):
+        log_prob, _ = flow.stateless_call(trainable, non_trainable, x, training=True)
+        return -ops.mean(log_prob)
+
+    trainable = [v.value for v in flow.trainable_variables]
+    non_trainable = [v.value for v in flow.non_trainable_variables]
+    compiled = jax.jit(jax.grad(loss)).lower(trainable, non_trainable,
+                                             ops.convert_to_tensor(x, "float32")).compile()
+    return compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+
+def checkpoint_control():
+    """XLA's temporaries for the gradient of a plain-JAX chain of 24 dense
+    tanh layers (2048 x 512), without and with `jax.checkpoint` on each: a
+    control with no Keras and no keras_flows in it."""
+    import jax
+    import jax.numpy as jnp
+
+    def loss(weights, x, remat):
+        layer = jax.checkpoint(lambda w, x: jnp.tanh(x @ w)) if remat else (
+            lambda w, x: jnp.tanh(x @ w))
+        for w in weights:
+            x = layer(w, x)
+        return jnp.sum(x ** 2)
+
+    weights = [jnp.full((512, 512), 0.01) for _ in range(24)]
+    x = jnp.ones((2048, 512))
+    for remat in (False, True):
+        compiled = jax.jit(jax.grad(lambda w, x: loss(w, x, remat))).lower(weights, x).compile()
+        print(json.dumps({"control": "24 x tanh(x @ w), x 2048 x 512",
+                          "jax.checkpoint": remat, "device": jax.devices()[0].platform,
+                          "xla_temp_mb": round(compiled.memory_analysis().temp_size_in_bytes
+                                               / 2**20)}))
+
+
 def child(args):
     import numpy as np
     import keras
@@ -96,10 +145,12 @@ def child(args):
     step = time.perf_counter() - start
     backend = keras.backend.backend()
     gpu = gpu_peak_mb(backend)
+    xla = xla_temp_mb(flow, x) if backend == "jax" else None
     print(json.dumps({
         "size": args.size, "mode": args.mode, "parameters": int(flow.count_params()),
         "model_mb": round(model_mb), "peak_rss_mb": round(peak_rss_mb()),
         "gpu_peak_mb": None if gpu is None else round(gpu),
+        "xla_temp_mb": None if xla is None else round(xla),
         "first_step_s": round(first, 1), "step_s": round(step, 2),
         "loss": round(float(history.history["loss"][-1]), 3)}))
 
@@ -121,12 +172,17 @@ def main():
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--out", default=None, help="markdown file to append the table to")
+    parser.add_argument("--control", action="store_true",
+                        help="JAX: only XLA's temporaries of a plain-JAX chain of layers, "
+                             "without and with jax.checkpoint")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
+    if args.control:
+        return checkpoint_control()
     modes = args.modes.split(",")
     for mode in modes:
         if mode not in MODES:
@@ -159,17 +215,18 @@ def main():
         f"Machine: {machine(backend)}; images {args.image_size}x{args.image_size}x3, Adam.",
         "",
         "| L,K,width,batch | mode | parameters | model MiB | peak RSS MiB | "
-        "peak GPU MiB | first step s | step s |",
-        "|---|---|---|---|---|---|---|---|",
+        "peak GPU MiB | XLA temp MiB | first step s | step s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if "error" in row:
             table.append(f"| {row['size']} | {row['mode']} | failed: {row['error']} "
-                         "| | | | | |")
+                         "| | | | | | |")
             continue
         gpu = "-" if row["gpu_peak_mb"] is None else row["gpu_peak_mb"]
+        xla = "-" if row["xla_temp_mb"] is None else row["xla_temp_mb"]
         table.append(f"| {row['size']} | {row['mode']} | {row['parameters']:,} | "
-                     f"{row['model_mb']} | {row['peak_rss_mb']} | {gpu} | "
+                     f"{row['model_mb']} | {row['peak_rss_mb']} | {gpu} | {xla} | "
                      f"{row['first_step_s']} | {row['step_s']} |")
     text = "\n".join(table) + "\n"
     print(text)
