@@ -122,7 +122,10 @@ def mean_over_processes(value):
     import torch
     import torch.distributed as dist
 
-    total = torch.tensor(float(value), dtype=torch.float64)
+    # NCCL (the "ddp" choice on GPUs) reduces CUDA tensors only.
+    device = (torch.device("cuda", torch.cuda.current_device())
+              if dist.get_backend() == "nccl" else "cpu")
+    total = torch.tensor(float(value), dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return float(total) / count
 
