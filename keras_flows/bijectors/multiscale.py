@@ -61,9 +61,8 @@ class SplitPrior(Bijector):
             raise ValueError("SplitPrior takes images (batch, height, width, channels) with "
                              f"at least 2 channels; got shape {tuple(input_shape)}.")
         self.channels = int(channels) // 2
-        self.conv = Conv2D(2 * self.channels, 3, padding="same",
-                                        kernel_initializer="zeros", dtype=self.dtype_policy,
-                                        name="conv")
+        self.conv = Conv2D(2 * self.channels, 3, padding="same", kernel_initializer="zeros",
+                           dtype=self.dtype_policy, name="conv")
         self.conv.build((None, None, None, int(channels) - self.channels))
         self.built = True
 

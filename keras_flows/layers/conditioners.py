@@ -120,11 +120,9 @@ class ConvNet(_Stack):
         self.kernel_size = int(kernel_size)
         self.hidden = [
             Conv2D(self.hidden_channels, self.kernel_size, padding="same",
-                                activation="relu", dtype=self.dtype_policy,
-                                name="conv_0"),
+                   activation="relu", dtype=self.dtype_policy, name="conv_0"),
             Conv2D(self.hidden_channels, 1, padding="same",
-                                activation="relu", dtype=self.dtype_policy,
-                                name="conv_1"),
+                   activation="relu", dtype=self.dtype_policy, name="conv_1"),
         ]
 
     def _make_out(self):
@@ -200,8 +198,7 @@ class ResNet(keras.layers.Layer):
         dtype = self.dtype_policy
 
         def conv(name, channels=self.hidden_channels, **kw):
-            return Conv2D(channels, 3, padding="same", dtype=dtype,
-                                       name=name, **kw)
+            return Conv2D(channels, 3, padding="same", dtype=dtype, name=name, **kw)
 
         def norm(name):
             return keras.layers.BatchNormalization(momentum=self.momentum, dtype=dtype,

@@ -84,8 +84,8 @@ def compiled_on_jax(layer, key, fn, *args):
     passed in through a `keras.StatelessScope` and the non-trainable values
     it assigns written back afterwards. `key` must name everything `fn`
     depends on other than `args` and the variables: the first `fn` given a
-    key is the one compiled. Elsewhere, and while traced, `fn(*args)` runs
-    as it is. The outputs carry no gradient.
+    key is the one compiled. Elsewhere, and while traced (under `jax.grad`
+    or `jax.jit`), `fn(*args)` runs as it is.
     """
     leaves = [a for a in keras.tree.flatten(args) if a is not None]
     if keras.backend.backend() != "jax" or not all(is_concrete(a) for a in leaves):
