@@ -65,12 +65,18 @@ def matmul(a, b):
         return ops.matmul(a, b)
     import torch
 
-    a = ops.convert_to_tensor(a)
-    b = ops.convert_to_tensor(b)
+    return torch.matmul(*_torch_operands(a, b))
+
+
+def _torch_operands(a, b):
+    """`a` and `b` as torch tensors of their common dtype (float64 stays)."""
+    import torch
+
+    a, b = ops.convert_to_tensor(a), ops.convert_to_tensor(b)
     if a.dtype != b.dtype:
         dtype = torch.promote_types(a.dtype, b.dtype)
         a, b = a.to(dtype), b.to(dtype)
-    return torch.matmul(a, b)
+    return a, b
 
 
 def compiled_on_jax(layer, key, fn, *args):
@@ -124,11 +130,7 @@ def conv2d(x, kernel, padding="same"):
         return ops.conv(x, kernel, padding=padding)
     import torch
 
-    x = ops.convert_to_tensor(x)
-    kernel = ops.convert_to_tensor(kernel)
-    if x.dtype != kernel.dtype:
-        dtype = torch.promote_types(x.dtype, kernel.dtype)
-        x, kernel = x.to(dtype), kernel.to(dtype)
+    x, kernel = _torch_operands(x, kernel)
     y = torch.nn.functional.conv2d(x.permute(0, 3, 1, 2), kernel.permute(3, 2, 0, 1),
                                    padding=padding)
     return y.permute(0, 2, 3, 1)
