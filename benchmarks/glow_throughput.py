@@ -27,7 +27,9 @@ coupling with sigmoid scale, LU 1x1 convolution, ActNorm; a learned
 diagonal Gaussian `GlowBase` for each level's factored-out part, where
 keras_flows's split priors are a convolution of the kept half), trained by
 its `forward_kld` on the same images with uniform dequantization noise drawn
-in the step, Adamax and the same gradient clipping and learning rate.
+in the step, Adamax at the config's learning rate (constant, where ours
+warms up to it) and `clip_grad_norm_` at the config's `clipnorm` (one
+global norm, where Keras's `clipnorm` clips each variable's gradient).
 """
 
 import argparse
@@ -48,44 +50,56 @@ from keras_flows.callbacks import Warmup  # noqa: E402
 from keras_flows.utils.backend import device_description  # noqa: E402
 
 
-def measure(config, batch_size, steps, repeats, jit=False):
+def build(config, jit=False):
+    """The config's flow, compiled with train.py's optimizer."""
     flow = getattr(kf, config["model"])(**config["model_config"])
     train = config["training"]
     flow.compile(optimizer=keras.optimizers.Adamax(
                      Warmup(train["learning_rate"], train.get("warmup_steps", 1)),
                      clipnorm=train.get("clipnorm")),
                  jit_compile=True if jit else train.get("jit_compile", "auto"))
-    shape = tuple(config["model_config"]["image_shape"])
-    x = np.random.default_rng(0).integers(0, 256, (steps * batch_size, *shape), dtype=np.uint8)
+    return flow
+
+
+def timed(epoch, x, batch_size, steps, repeats):
+    """Warm-up on 3 batches of `x`, then `repeats` epochs over all of it."""
     start = time.perf_counter()
-    flow.fit(x[:3 * batch_size], batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+    epoch(x[:3 * batch_size])
     first = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        flow.fit(x, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+        epoch(x)
         times.append(time.perf_counter() - start)
     rates = [steps * batch_size / t for t in times]
-    return {"library": f"keras_flows {kf.__version__}", "model": config["model"],
-            "parameters": int(flow.count_params()),
-            "backend": keras.backend.backend(), "jit_compile": flow.jit_compile,
-            "device": device_description(),
-            "batch_size": batch_size, "steps": steps, "repeats": repeats,
+    return {"batch_size": batch_size, "steps": steps, "repeats": repeats,
             "images_per_s": round(statistics.median(rates), 1),
             "images_per_s_range": [round(min(rates), 1), round(max(rates), 1)],
             "first_epoch_s": round(first, 1), "date": time.strftime("%Y-%m-%d")}
 
 
+def random_images(n, shape):
+    return np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+def measure(config, batch_size, steps, repeats, jit=False):
+    flow = build(config, jit)
+    x = random_images(steps * batch_size, config["model_config"]["image_shape"])
+    result = timed(lambda images: flow.fit(images, batch_size=batch_size, epochs=1,
+                                           verbose=0, shuffle=False),
+                   x, batch_size, steps, repeats)
+    return {"library": f"keras_flows {kf.__version__}", "model": config["model"],
+            "parameters": int(flow.count_params()),
+            "backend": keras.backend.backend(), "jit_compile": flow.jit_compile,
+            "device": device_description(), **result}
+
+
 def profile(config, batch_size, steps):
-    import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    flow = getattr(kf, config["model"])(**config["model_config"])
-    flow.compile(optimizer=keras.optimizers.Adamax(
-        config["training"]["learning_rate"], clipnorm=config["training"].get("clipnorm")))
-    shape = tuple(config["model_config"]["image_shape"])
-    x = np.random.default_rng(0).integers(0, 256, (batch_size, *shape), dtype=np.uint8)
+    flow = build(config)
+    x = random_images(batch_size, config["model_config"]["image_shape"])
     for _ in range(2):
         flow.train_on_batch(x)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -119,8 +133,8 @@ def measure_normflows(config, batch_size, steps, repeats):
         priors.append(nf.distributions.GlowBase(latent))
     model = nf.MultiscaleFlow(priors, flows, merges, class_cond=False).to(device)
     optimizer = torch.optim.Adamax(model.parameters(), lr=train["learning_rate"])
-    x = torch.from_numpy(np.random.default_rng(0).integers(
-        0, 256, (steps * batch_size, channels, height, width), dtype=np.uint8))
+    x = torch.from_numpy(random_images(steps * batch_size, (height, width, channels)))
+    x = x.permute(0, 3, 1, 2).contiguous()
 
     def epoch(images):
         for start in range(0, len(images) - batch_size + 1, batch_size):
@@ -134,24 +148,12 @@ def measure_normflows(config, batch_size, steps, repeats):
             optimizer.step()
         float(loss.detach())  # waits for the device
 
-    start = time.perf_counter()
-    epoch(x[:3 * batch_size])  # ActNorm's data-dependent start and warm-up
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        epoch(x)
-        times.append(time.perf_counter() - start)
-    rates = [steps * batch_size / t for t in times]
+    result = timed(epoch, x, batch_size, steps, repeats)  # the warm-up starts ActNorm
     return {"library": f"normflows {nf.__version__}", "model": "MultiscaleFlow(GlowBlock)",
             "parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
             "backend": "torch", "jit_compile": False,
             "device": torch.cuda.get_device_name(0) if device == "cuda"
-            else device_description(),
-            "batch_size": batch_size, "steps": steps, "repeats": repeats,
-            "images_per_s": round(statistics.median(rates), 1),
-            "images_per_s_range": [round(min(rates), 1), round(max(rates), 1)],
-            "first_epoch_s": round(first, 1), "date": time.strftime("%Y-%m-%d")}
+            else device_description(), **result}
 
 
 def main(argv=None):
