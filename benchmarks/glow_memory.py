@@ -82,6 +82,13 @@ def gpu_peak_mb(backend):
     return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
 
 
+def compiled_temp_mb(fn, *args):
+    """MiB of temporaries in XLA's plan for `jax.jit(fn)` on `args`."""
+    import jax
+
+    return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes / 2**20
+
+
 def xla_temp_mb(flow, x):
     """MiB of temporaries in XLA's plan for the gradient of the mean NLL (JAX)."""
     import jax
@@ -93,9 +100,8 @@ def xla_temp_mb(flow, x):
 
     trainable = [v.value for v in flow.trainable_variables]
     non_trainable = [v.value for v in flow.non_trainable_variables]
-    compiled = jax.jit(jax.grad(loss)).lower(trainable, non_trainable,
-                                             ops.convert_to_tensor(x, "float32")).compile()
-    return compiled.memory_analysis().temp_size_in_bytes / 2**20
+    return compiled_temp_mb(jax.grad(loss), trainable, non_trainable,
+                            ops.convert_to_tensor(x, "float32"))
 
 
 def checkpoint_control():
@@ -115,11 +121,10 @@ def checkpoint_control():
     weights = [jnp.full((512, 512), 0.01) for _ in range(24)]
     x = jnp.ones((2048, 512))
     for remat in (False, True):
-        compiled = jax.jit(jax.grad(lambda w, x: loss(w, x, remat))).lower(weights, x).compile()
+        temp = compiled_temp_mb(jax.grad(lambda w, x: loss(w, x, remat)), weights, x)
         print(json.dumps({"control": "24 x tanh(x @ w), x 2048 x 512",
                           "jax.checkpoint": remat, "device": jax.devices()[0].platform,
-                          "xla_temp_mb": round(compiled.memory_analysis().temp_size_in_bytes
-                                               / 2**20)}))
+                          "xla_temp_mb": round(temp)}))
 
 
 def child(args):
