@@ -6,15 +6,16 @@
     KERAS_BACKEND=torch python benchmarks/glow_throughput.py --profile 3
 
 The model and optimizer are those `keras_flows.train` builds from the config
-(Glow, L=3, K=8, 64 channels by default; Adamax with the warmup schedule and
-clipnorm), trained through the plain `model.fit(x, batch_size=B, epochs=1)`
-on a fixed array of uniform random uint8 images (the step's cost does not
-depend on the pixels). For each batch size: one warm-up epoch of a few steps
-(tracing and compilation, its time reported as `first_epoch_s`), then
-`--repeats` timed epochs of `--steps` steps; images/s = steps * B / wall
-time, the median of the repeats. Prints one JSON line per batch size with
-the backend, the device and the date. `--jit` compiles with
-`jit_compile=True` instead of the config's choice ("auto" by default).
+(Glow, L=3, K=8, 64 channels by default; `train.optimizer`: Adamax with the
+warmup schedule and gradient clipping), trained through the plain
+`model.fit(x, batch_size=B, epochs=1)` on a fixed array of uniform random
+uint8 images (the step's cost does not depend on the pixels). For each batch
+size: one warm-up epoch of a few steps (tracing and compilation, its time
+reported as `first_epoch_s`), then `--repeats` timed epochs of `--steps`
+steps; images/s = steps * B / wall time, the median of the repeats. Prints
+one JSON line per batch size with the backend, the device and the date.
+`--jit` compiles with `jit_compile=True` instead of the config's choice
+("auto" by default).
 
 `--profile N` (PyTorch) runs N `train_on_batch` steps at the first batch
 size under `torch.profiler` after two warm-up steps and prints its table of
@@ -28,8 +29,8 @@ diagonal Gaussian `GlowBase` for each level's factored-out part, where
 keras_flows's split priors are a convolution of the kept half), trained by
 its `forward_kld` on the same images with uniform dequantization noise drawn
 in the step, Adamax at the config's learning rate (constant, where ours
-warms up to it) and `clip_grad_norm_` at the config's `clipnorm` (one
-global norm, where Keras's `clipnorm` clips each variable's gradient).
+warms up to it) and `clip_grad_norm_` at the config's `global_clipnorm`
+(the one global norm Keras's `global_clipnorm` clips too).
 """
 
 import argparse
@@ -46,7 +47,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import keras  # noqa: E402
 
 import keras_flows as kf  # noqa: E402
-from keras_flows.callbacks import Warmup  # noqa: E402
+from keras_flows.train import optimizer  # noqa: E402
 from keras_flows.utils.backend import device_description  # noqa: E402
 
 
@@ -54,9 +55,7 @@ def build(config, jit=False):
     """The config's flow, compiled with train.py's optimizer."""
     flow = getattr(kf, config["model"])(**config["model_config"])
     train = config["training"]
-    flow.compile(optimizer=keras.optimizers.Adamax(
-                     Warmup(train["learning_rate"], train.get("warmup_steps", 1)),
-                     clipnorm=train.get("clipnorm")),
+    flow.compile(optimizer=optimizer(train),
                  jit_compile=True if jit else train.get("jit_compile", "auto"))
     return flow
 
@@ -143,8 +142,8 @@ def measure_normflows(config, batch_size, steps, repeats):
             loss = model.forward_kld(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if train.get("clipnorm"):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train["clipnorm"])
+            if train.get("global_clipnorm"):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train["global_clipnorm"])
             optimizer.step()
         float(loss.detach())  # waits for the device
 

@@ -68,7 +68,7 @@ def background(train, steps, rng):
     training images."""
     flow = kf.Glow(train.shape[1:], levels=2, steps_per_level=4, hidden_channels=32,
                    scale="bounded_sigmoid", prior_scale_bound=4.0, seed=0)
-    flow.compile(optimizer=keras.optimizers.Adam(1e-3, clipnorm=50.0))
+    flow.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=200.0))
     x = perturb(train[:64 * steps], 0.2, rng).astype("float32")
     start = time.time()
     flow.fit(x, batch_size=64, epochs=1, verbose=0)

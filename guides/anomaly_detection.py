@@ -110,7 +110,7 @@ steps = 4 if args.fast else 300
 background = kf.Glow((28, 28, 1), levels=2, steps_per_level=1 if args.fast else 4,
                      hidden_channels=8 if args.fast else 32, scale="bounded_sigmoid",
                      prior_scale_bound=4.0, seed=0)
-background.compile(optimizer=keras.optimizers.Adam(1e-3, clipnorm=50.0))
+background.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=200.0))
 perturbed = mnist_train[:64 * steps]
 perturbed = np.where(rng.random(perturbed.shape) < 0.2,
                      rng.integers(0, 256, perturbed.shape), perturbed).astype("float32")

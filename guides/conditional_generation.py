@@ -128,7 +128,7 @@ print(f"wrote {picture}")
 #     train, test = keras_flows.datasets.load("mnist", batch_size=64, with_labels=True)
 #     glow = keras_flows.Glow(image_shape=(28, 28, 1), levels=2, steps_per_level=8,
 #                             hidden_channels=64, num_classes=10)
-#     glow.compile(optimizer=keras.optimizers.Adamax(1e-3, clipnorm=50.0))
+#     glow.compile(optimizer=keras.optimizers.Adamax(1e-3, global_clipnorm=200.0))
 #     glow.fit(train, epochs=5)              # elements {"x": images, "context": labels}
 #     digits = glow.sample(10, context=np.arange(10), temperature=0.7, seed=0)
 #     glow.bits_per_dim(images, context=labels)

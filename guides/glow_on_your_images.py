@@ -123,7 +123,8 @@ epochs = 1 if args.fast else 10
 total_steps = epochs * -(-n_train // batch_size)
 warmup = 4 if args.fast else 200
 flow.compile(optimizer=keras.optimizers.Adamax(
-    kf.callbacks.Warmup(2e-3 if args.fast else 1e-3, min(warmup, total_steps)), clipnorm=50.0))
+    kf.callbacks.Warmup(2e-3 if args.fast else 1e-3, min(warmup, total_steps)),
+    global_clipnorm=200.0))
 start = time.time()
 flow.fit(train, epochs=epochs, verbose=0 if args.fast else 2)
 seconds = time.time() - start

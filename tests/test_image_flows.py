@@ -89,7 +89,7 @@ def test_a_tiny_glow_learns_real_mnist(mnist):
     keras.utils.set_random_seed(0)
     flow = tiny_glow()
     flow.compile(optimizer=keras.optimizers.Adamax(
-        kf.callbacks.Warmup(2e-3, 20), clipnorm=50.0))
+        kf.callbacks.Warmup(2e-3, 20), global_clipnorm=200.0))
     history = flow.fit(mnist[0][:3000], batch_size=64, epochs=2, verbose=0)
     test_bpd = float(numpy(flow.bits_per_dim(mnist[2][:500])).mean())
     assert np.isfinite(history.history["loss"]).all()
@@ -101,7 +101,7 @@ def test_a_tiny_realnvp_learns_real_mnist(mnist):
     keras.utils.set_random_seed(0)
     flow = tiny_realnvp()
     flow.compile(optimizer=keras.optimizers.Adamax(
-        kf.callbacks.Warmup(2e-3, 20), clipnorm=50.0))
+        kf.callbacks.Warmup(2e-3, 20), global_clipnorm=200.0))
     history = flow.fit(mnist[0][:2048], batch_size=64, epochs=1, verbose=0)
     test_bpd = float(numpy(flow.bits_per_dim(mnist[2][:256])).mean())
     assert np.isfinite(history.history["loss"]).all()
@@ -252,7 +252,7 @@ def test_fit_on_real_cifar10_through_the_tf_data_pipeline(model):
     else:
         flow = kf.RealNVP(image_shape=(32, 32, 3), levels=2, hidden_channels=8,
                           num_blocks=1, seed=0)
-    flow.compile(optimizer=keras.optimizers.Adamax(1e-3, clipnorm=50.0))
+    flow.compile(optimizer=keras.optimizers.Adamax(1e-3, global_clipnorm=200.0))
     history = flow.fit(train, epochs=2, steps_per_epoch=3, validation_data=test.take(1),
                        verbose=0)
     assert np.isfinite(history.history["loss"]).all()

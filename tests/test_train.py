@@ -99,6 +99,7 @@ def _config(path, **changes):
     ("unknown model", "{config}: unknown model 'Flowy'; expected an image flow: Glow, "
                       "ImageFFJORD, ImageRealNVP, ImageResidualFlow."),
     ("bad argument", "{config}: model_config does not fit Glow: "),
+    ("two clips", "{config}: training sets both clipnorm and global_clipnorm; set one"),
     ("no data file", "--data {data}: No such file or folder for dataset 'mnist': {data}"),
 ])
 def test_bad_arguments_give_one_line_errors(tmp_path, data, case, expected):
@@ -111,6 +112,8 @@ def test_bad_arguments_give_one_line_errors(tmp_path, data, case, expected):
         "unknown model": _config(tmp_path / "flowy.json", model="Flowy"),
         "bad argument": _config(tmp_path / "bogus.json",
                                 model_config={"image_shape": [28, 28, 1], "bogus": 1}),
+        "two clips": _config(tmp_path / "clips.json", training={
+            "epochs": 1, "learning_rate": 1e-3, "clipnorm": 1.0, "global_clipnorm": 1.0}),
     }.get(case, CONFIG)
     (tmp_path / "malformed.json").write_text('{"model": }')
     if case == "no data file":
@@ -134,6 +137,14 @@ def test_the_command_exits_with_one_line_and_no_traceback(tmp_path):
         f"error: The training config {tmp_path} is a folder; expected a JSON training config "
         "such as zoo/glow_mnist_small.json.")
     assert "Traceback" not in process.stderr
+
+
+def test_the_optimizer_clips_as_the_config_says():
+    base = {"learning_rate": 1e-3, "warmup_steps": 1}
+    clipped = train.optimizer({**base, "global_clipnorm": 200.0})
+    assert clipped.global_clipnorm == 200.0 and clipped.clipnorm is None
+    clipped = train.optimizer({**base, "clipnorm": 50.0})
+    assert clipped.clipnorm == 50.0 and clipped.global_clipnorm is None
 
 
 def test_warmup_is_linear_then_flat():

@@ -16,7 +16,7 @@ def sum_except_batch(x):
     x = upcast(x)
     if len(x.shape) == 1:
         return x
-    return ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)
+    return ops.sum(x, axis=tuple(range(1, len(x.shape))))
 
 
 def num_positions(x):

@@ -21,12 +21,14 @@ def upcast(x):
 
 
 def tanh(a):
-    """tanh(a) = sign(a) (1 - e) / (1 + e), e = exp(-2|a|); 1 - e = -expm1(-2|a|)
-    keeps full relative precision for small |a|.
+    """tanh(a) in the dtype of `a` on every backend.
 
-    |a| is taken with `where`, not `ops.abs`: the gradient of abs at 0 is 0
-    on TensorFlow and PyTorch, which would give tanh'(0) = 0 instead of 1
-    (and freeze a zero-initialised scale network there)."""
+    `ops.tanh`, except for float64 on JAX, where Keras 3.15's returns
+    float32. There tanh(a) = sign(a) (1 - e) / (1 + e), e = exp(-2|a|), and
+    1 - e = -expm1(-2|a|) keeps full relative precision for small |a|; |a|
+    is taken with `where`, not `ops.abs`, so that tanh'(0) = 1."""
+    if keras.backend.backend() != "jax" or keras.backend.standardize_dtype(a.dtype) != "float64":
+        return ops.tanh(a)
     negative = a < 0
     e_minus_one = ops.expm1(-2.0 * ops.where(negative, -a, a))
     t = -e_minus_one / (2.0 + e_minus_one)
