@@ -45,7 +45,7 @@ class NaNGuard(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             raise FloatingPointError(
                 f"The loss became {loss} at batch {batch}. Lower the learning rate, "
-                "add warmup or gradient clipping (clipnorm), or check the data; the "
+                "add warmup or gradient clipping (global_clipnorm), or check the data; the "
                 "last checkpoint is unaffected.")
 
 
