@@ -378,3 +378,18 @@ def test_divergence_traces():
         fn = lambda x: divergence(_jf(), x)[1]  # noqa: E731 (eager; torch.compile untested)
     np.testing.assert_allclose(ops.convert_to_numpy(fn(_t(_JX))),
                                np.trace(_jacobians(_JX), axis1=1, axis2=2), rtol=1e-12)
+
+
+def test_known_true_reads_a_flag_after_each_write_on_torch_only():
+    from keras_flows.utils.backend import known_true
+
+    flag = keras.Variable(0.0, trainable=False)
+    torch = keras.backend.backend() == "torch"
+    assert not known_true(flag)
+    flag.assign(1.0)
+    assert known_true(flag) == torch  # elsewhere the value is never read
+    assert known_true(flag) == torch
+    flag.assign(0.0)
+    assert not known_true(flag)
+    flag.assign(1.0)
+    assert known_true(flag) == torch

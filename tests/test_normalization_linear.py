@@ -133,6 +133,27 @@ def test_actnorm_image_init_in_direct_call():
     np.testing.assert_allclose(np_(inv_log_det), -log_det, rtol=1e-6)
 
 
+def test_actnorm_initialises_again_after_its_flag_is_reset():
+    # Eager PyTorch skips the batch statistics once it has read `initialized`
+    # as 1 (utils.backend.known_true); a flag reset by `assign`, as loading
+    # an uninitialised state does, is read again.
+    x = gaussian_data((64, 3), np.array([1.0, -2.0, 0.5]), np.array([2.0, 0.5, 1.0]), seed=3)
+    y = gaussian_data((64, 3), np.array([-4.0, 3.0, 0.0]), np.array([0.1, 3.0, 2.0]), seed=4)
+    layer = ActNorm()
+    for _ in range(2):
+        layer.forward(x, training=True)
+    z, _ = layer.forward(y, training=True)  # still x's start
+    x64 = x.astype("float64")
+    np.testing.assert_allclose(np_(z), (y - x64.mean(0)) / (x64.std(0) + 1e-6),
+                               rtol=1e-4, atol=1e-4)
+    layer.initialized.assign(0.0)
+    z, _ = layer.forward(y, training=True)
+    np.testing.assert_allclose(np_(layer.initial_bias), -y.astype("float64").mean(0),
+                               atol=1e-5)
+    np.testing.assert_allclose(np_(z).mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(np_(z).std(0), 1.0, atol=1e-4)
+
+
 def test_actnorm_inference_before_init_is_identity():
     x = gaussian_data((8, 2, 2, 3), 4.0, 2.0)
     layer = ActNorm()

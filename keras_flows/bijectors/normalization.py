@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector, num_positions, per_example
-from keras_flows.utils.backend import cross_replica_mean
+from keras_flows.utils.backend import cross_replica_mean, known_true
 from keras_flows.utils.math import upcast
 
 
@@ -71,7 +71,9 @@ class ActNorm(Bijector):
 
     All of this is tensor arithmetic, so it traces under `jit` on every
     backend; nothing depends on a Python flag, and the state is saved with
-    the model's weights.
+    the model's weights. Eager PyTorch skips the batch statistics and the
+    write-back once it has read `initialized` as 1
+    (`utils.backend.known_true`), which gives the same values.
 
     Args:
         epsilon: added to the batch standard deviation before the log.
@@ -110,7 +112,7 @@ class ActNorm(Bijector):
     def _params(self, x, training):
         dtype = x.dtype
         init_bias, init_log_scale = self._stored_start(dtype)
-        if training:
+        if training and not known_true(self.initialized):
             mean, var = _moments(ops.stop_gradient(x))
             std = ops.sqrt(var)
             done = ops.cast(self.initialized, dtype) > 0.5

@@ -1,6 +1,7 @@
 """The little per-backend code keras_flows needs, one branch per backend."""
 
 import contextlib
+import weakref
 
 import numpy as np
 import keras
@@ -44,6 +45,33 @@ def no_grad():
 
         return torch.no_grad()
     return contextlib.nullcontext()
+
+
+def known_true(flag):
+    """True when the scalar variable `flag` is known to hold a value > 0.5
+    without tracing; False when it holds less, and wherever the value is not
+    read.
+
+    Only eager PyTorch reads it, once per write: the read is kept with the
+    variable's tensor and its version counter, which every in-place write
+    (`assign`) advances, so a loaded or reset flag is read again, and a GPU
+    waits for the value only after a write. Elsewhere the answer is False and
+    callers keep their traced path, which must not branch on the value."""
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    value = flag.value
+    if torch.compiler.is_compiling() or value.is_meta:
+        return False
+    seen = _FLAG_READS.get(value)
+    if seen is None or seen[0] != value._version:
+        seen = (value._version, bool(value.item() > 0.5))
+        _FLAG_READS[value] = seen
+    return seen[1]
+
+
+_FLAG_READS = weakref.WeakKeyDictionary()   # tensor -> (version, value > 0.5)
 
 
 def matmul(a, b):
