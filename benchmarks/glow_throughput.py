@@ -2,7 +2,7 @@
 
     KERAS_BACKEND=jax python benchmarks/glow_throughput.py [--batch-sizes 64,256]
         [--steps 50] [--repeats 3] [--config zoo/glow_cifar10_small.json]
-        [--jit] [--library normflows]
+        [--jit] [--library keras_flows,normflows]
     KERAS_BACKEND=torch python benchmarks/glow_throughput.py --profile 3
 
 The model and optimizer are those `keras_flows.train` builds from the config
@@ -12,8 +12,9 @@ warmup schedule and gradient clipping), trained through the plain
 uint8 images (the step's cost does not depend on the pixels). For each batch
 size: one warm-up epoch of a few steps (tracing and compilation, its time
 reported as `first_epoch_s`), then `--repeats` timed epochs of `--steps`
-steps; images/s = steps * B / wall time, the median of the repeats. Prints
-one JSON line per batch size with the backend, the device and the date.
+steps; images/s = steps * B / wall time, the median of the repeats (each
+round's figure is printed too). Prints one JSON line per library and batch
+size with the backend, the device and the date.
 `--jit` compiles with `jit_compile=True` instead of the config's choice
 ("auto" by default).
 
@@ -21,16 +22,17 @@ one JSON line per batch size with the backend, the device and the date.
 size under `torch.profiler` after two warm-up steps and prints its table of
 operators by their own CPU time, instead of timing.
 
-`--library normflows` times the peer instead (`pip install normflows`,
-PyTorch, the GPU when there is one): its `MultiscaleFlow` of `GlowBlock`s
-with the config's levels, steps per level and hidden channels (affine
-coupling with sigmoid scale, LU 1x1 convolution, ActNorm; a learned
-diagonal Gaussian `GlowBase` for each level's factored-out part, where
-keras_flows's split priors are a convolution of the kept half), trained by
-its `forward_kld` on the same images with uniform dequantization noise drawn
-in the step, Adamax at the config's learning rate (constant, where ours
-warms up to it) and `clip_grad_norm_` at the config's `global_clipnorm`
-(the one global norm Keras's `global_clipnorm` clips too).
+`--library normflows` times the peer instead, and `--library
+keras_flows,normflows` both, their epochs alternating in one process (`pip
+install normflows`, PyTorch, the GPU when there is one): its
+`MultiscaleFlow` of `GlowBlock`s with the config's levels, steps per level
+and hidden channels (affine coupling with sigmoid scale, LU 1x1 convolution,
+ActNorm; a learned diagonal Gaussian `GlowBase` for each level's
+factored-out part, where keras_flows's split priors are a convolution of the
+kept half), trained by its `forward_kld` on the same images with uniform
+dequantization noise drawn in the step, Adamax at the config's learning rate
+(constant, where ours warms up to it) and `clip_grad_norm_` at the config's
+`global_clipnorm` (the one global norm Keras's `global_clipnorm` clips too).
 """
 
 import argparse
@@ -60,37 +62,47 @@ def build(config, jit=False):
     return flow
 
 
-def timed(epoch, x, batch_size, steps, repeats):
-    """Warm-up on 3 batches of `x`, then `repeats` epochs over all of it."""
-    start = time.perf_counter()
-    epoch(x[:3 * batch_size])
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
+def timed(entries, batch_size, steps, repeats):
+    """Each entry `(epoch, x, info)` warms up on 3 batches of its `x`; then
+    `repeats` rounds each run one epoch over all of `x` of every entry in
+    turn, so that a drift in the machine's speed reaches every entry alike.
+    One result per entry."""
+    firsts, times = [], [[] for _ in entries]
+    for epoch, x, _ in entries:
         start = time.perf_counter()
-        epoch(x)
-        times.append(time.perf_counter() - start)
-    rates = [steps * batch_size / t for t in times]
-    return {"batch_size": batch_size, "steps": steps, "repeats": repeats,
+        epoch(x[:3 * batch_size])
+        firsts.append(time.perf_counter() - start)
+    for _ in range(repeats):
+        for (epoch, x, _), elapsed in zip(entries, times):
+            start = time.perf_counter()
+            epoch(x)
+            elapsed.append(time.perf_counter() - start)
+    results = []
+    for (_, _, info), first, elapsed in zip(entries, firsts, times):
+        rates = [steps * batch_size / t for t in elapsed]
+        results.append({
+            **info, "batch_size": batch_size, "steps": steps, "repeats": repeats,
             "images_per_s": round(statistics.median(rates), 1),
-            "images_per_s_range": [round(min(rates), 1), round(max(rates), 1)],
-            "first_epoch_s": round(first, 1), "date": time.strftime("%Y-%m-%d")}
+            "images_per_s_per_round": [round(r, 1) for r in rates],
+            "first_epoch_s": round(first, 1), "date": time.strftime("%Y-%m-%d")})
+    return results
 
 
 def random_images(n, shape):
     return np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8)
 
 
-def measure(config, batch_size, steps, repeats, jit=False):
+def keras_flows_entry(config, batch_size, steps, jit=False):
     flow = build(config, jit)
     x = random_images(steps * batch_size, config["model_config"]["image_shape"])
-    result = timed(lambda images: flow.fit(images, batch_size=batch_size, epochs=1,
-                                           verbose=0, shuffle=False),
-                   x, batch_size, steps, repeats)
-    return {"library": f"keras_flows {kf.__version__}", "model": config["model"],
-            "parameters": int(flow.count_params()),
-            "backend": keras.backend.backend(), "jit_compile": flow.jit_compile,
-            "device": device_description(), **result}
+
+    def epoch(images):
+        flow.fit(images, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+
+    return epoch, x, {
+        "library": f"keras_flows {kf.__version__}", "model": config["model"],
+        "parameters": int(flow.count_params()), "backend": keras.backend.backend(),
+        "jit_compile": flow.jit_compile, "device": device_description()}
 
 
 def profile(config, batch_size, steps):
@@ -107,7 +119,7 @@ def profile(config, batch_size, steps):
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 
-def measure_normflows(config, batch_size, steps, repeats):
+def normflows_entry(config, batch_size, steps):
     import normflows as nf
     import torch
 
@@ -147,12 +159,12 @@ def measure_normflows(config, batch_size, steps, repeats):
             optimizer.step()
         float(loss.detach())  # waits for the device
 
-    result = timed(epoch, x, batch_size, steps, repeats)  # the warm-up starts ActNorm
-    return {"library": f"normflows {nf.__version__}", "model": "MultiscaleFlow(GlowBlock)",
-            "parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
-            "backend": "torch", "jit_compile": False,
-            "device": torch.cuda.get_device_name(0) if device == "cuda"
-            else device_description(), **result}
+    return epoch, x, {  # the warm-up epoch initialises ActNorm
+        "library": f"normflows {nf.__version__}", "model": "MultiscaleFlow(GlowBlock)",
+        "parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+        "backend": "torch", "jit_compile": False,
+        "device": torch.cuda.get_device_name(0) if device == "cuda"
+        else device_description()}
 
 
 def main(argv=None):
@@ -164,13 +176,17 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jit", action="store_true",
                         help="keras_flows: compile with jit_compile=True")
-    parser.add_argument("--library", choices=["keras_flows", "normflows"],
-                        default="keras_flows")
+    parser.add_argument("--library", default="keras_flows",
+                        help="keras_flows, normflows, or both comma-separated: their "
+                             "epochs then alternate in one process")
     parser.add_argument("--profile", type=int, metavar="N",
                         help="PyTorch: print torch.profiler's table of N steps, no timing")
     args = parser.parse_args(argv)
-    if args.library == "normflows" and (args.jit or args.profile):
-        parser.error("--jit and --profile apply to keras_flows only")
+    libraries = args.library.split(",")
+    if not libraries or set(libraries) - {"keras_flows", "normflows"}:
+        parser.error(f"--library takes keras_flows, normflows or both; got {args.library!r}")
+    if libraries != ["keras_flows"] and args.profile:
+        parser.error("--profile applies to keras_flows alone")
     if args.profile and keras.backend.backend() != "torch":
         parser.error("--profile needs KERAS_BACKEND=torch")
     with open(args.config) as f:
@@ -178,11 +194,11 @@ def main(argv=None):
     if args.profile:
         return profile(config, int(args.batch_sizes.split(",")[0]), args.profile)
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-        if args.library == "normflows":
-            result = measure_normflows(config, batch_size, args.steps, args.repeats)
-        else:
-            result = measure(config, batch_size, args.steps, args.repeats, args.jit)
-        print(json.dumps(result), flush=True)
+        entries = [keras_flows_entry(config, batch_size, args.steps, args.jit)
+                   if library == "keras_flows" else normflows_entry(config, batch_size, args.steps)
+                   for library in libraries]
+        for result in timed(entries, batch_size, args.steps, args.repeats):
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
