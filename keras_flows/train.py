@@ -284,9 +284,9 @@ def optimizer(train):
     global norm, `global_clipnorm` (all gradients scaled by one factor when
     their joint norm exceeds it, as torch's `clip_grad_norm_`), or each to its
     own norm, `clipnorm`. On PyTorch the global clip is cheaper: Keras clips
-    each variable with its own small operations, 23 ms a step for the
-    CIFAR-10 Glow's 270 variables on a 2-core CPU against 1.7 ms for the global
-    norm (benchmarks/README.md, "Gradient clipping")."""
+    each variable with its own small operations, 22 ms a step for the
+    CIFAR-10 Glow's 270 variables on a 2-core CPU against 1.2 ms for the
+    global norm (benchmarks/README.md, "Clipping the global norm")."""
     return keras.optimizers.Adamax(
         Warmup(train["learning_rate"], train.get("warmup_steps", 1)),
         clipnorm=train.get("clipnorm"), global_clipnorm=train.get("global_clipnorm"))
