@@ -55,6 +55,7 @@ _B = _RNG.normal(size=(5, 3))
 _S = _RNG.normal(size=(5, 5)) + 5.0 * np.eye(5)
 _U = _RNG.uniform(-0.9, 0.9, size=(6, 5))
 _IMG = _RNG.normal(size=(2, 5, 5, 2))
+_L = 10.0 * _RNG.normal(size=(16, 3))
 
 
 def _t(a):
@@ -92,6 +93,9 @@ _CASES = {
     "math.tanh": lambda: (kf_math.tanh(_t(_U)), np.tanh(_U)),
     "math.arctanh": lambda: (kf_math.arctanh(_t(_U)), np.arctanh(_U)),
     "math.safe_norm": lambda: (kf_math.safe_norm(_t(_A)), np.linalg.norm(_A, axis=-1)),
+    "math.softmax": lambda: (kf_math.softmax(_t(_A)), scipy.special.softmax(_A, axis=-1)),
+    "math.softmax(16 entries)": lambda: (kf_math.softmax(_t(_L), axis=0),
+                                         scipy.special.softmax(_L, axis=0)),
     "layers.Dense": _dense_case(Dense),
     "layers.Dense(tanh)": lambda: (
         (lambda layer: (layer(_t(_A)), np.tanh(
@@ -393,3 +397,66 @@ def test_known_true_reads_a_flag_after_each_write_on_torch_only():
     assert not known_true(flag)
     flag.assign(1.0)
     assert known_true(flag) == torch
+
+
+def test_call_layer_skips_dunder_call_only_where_it_changes_nothing():
+    from keras_flows.layers import MLP
+    from keras_flows.utils.backend import call_layer
+
+    class Counted(MLP):
+        calls = 0
+
+        def __call__(self, *args, **kwargs):
+            self.calls += 1
+            return super().__call__(*args, **kwargs)
+
+    def counted(dtype):
+        layer = Counted(3, hidden_units=[5], dtype=dtype)
+        layer.build((None, 4))
+        rng = np.random.default_rng(0)
+        for w in layer.weights:
+            w.assign(rng.normal(size=w.shape))
+        return layer
+
+    x = np.random.default_rng(1).normal(size=(6, 4))
+    layer = counted("float32")
+    expected = ops.convert_to_numpy(layer(x.astype("float32")))
+    calls = layer.calls
+    out = call_layer(layer, ops.convert_to_tensor(x, "float32"))
+    assert layer.calls == calls  # built, float32 in, float32 variables: `call`
+    np.testing.assert_array_equal(ops.convert_to_numpy(out), expected)
+
+    out = call_layer(layer, ops.convert_to_tensor(x, "float64"))  # needs the input cast
+    assert layer.calls == calls + 1
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    np.testing.assert_allclose(ops.convert_to_numpy(out), expected, rtol=1e-6)
+
+    mixed = counted("mixed_bfloat16")  # float32 variables read as bfloat16 only in its scope
+    x16 = ops.convert_to_tensor(x, "bfloat16")
+    expected16 = ops.convert_to_numpy(ops.cast(mixed(x16), "float32"))
+    out = call_layer(mixed, x16)
+    assert mixed.calls == 2
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    np.testing.assert_array_equal(ops.convert_to_numpy(ops.cast(out, "float32")), expected16)
+
+    fresh = Counted(3, hidden_units=[5])
+    call_layer(fresh, ops.convert_to_tensor(x, "float32"))
+    assert fresh.calls == 1 and fresh.built
+
+    symbolic = call_layer(layer, keras.KerasTensor((None, 4)))
+    assert keras.backend.is_keras_tensor(symbolic) and tuple(symbolic.shape) == (None, 3)
+    assert layer.calls == calls + 2
+
+
+def test_call_layer_passes_training_when_call_takes_it():
+    from keras_flows.utils.backend import call_layer
+
+    class Doubles(keras.layers.Layer):
+        def call(self, x, training=None):
+            return x * 2.0 if training else x
+
+    layer = Doubles()
+    layer.build((None, 2))
+    x = ops.ones((1, 2))
+    assert float(ops.sum(call_layer(layer, x, training=True))) == 4.0
+    assert float(ops.sum(call_layer(layer, x, training=False))) == 2.0

@@ -8,7 +8,7 @@ from keras_flows.bijectors.base import (Bijector, deserialize_sublayers,
 from keras_flows.bijectors.coupling import set_output_size
 from keras_flows.layers.made import MADE
 from keras_flows.transformers import Transformer
-from keras_flows.utils.backend import fori_loop, is_concrete
+from keras_flows.utils.backend import call_layer, fori_loop, is_concrete
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -78,7 +78,7 @@ class MaskedAutoregressive(Bijector):
         self.transformer.built = True
 
     def _params(self, x, context, training):
-        out = self.conditioner(x, context, training=training)
+        out = call_layer(self.conditioner, x, context, training=training)
         return ops.reshape(out, (-1, x.shape[-1], self.transformer.params_per_feature))
 
     def _forward(self, x, context=None, training=False):

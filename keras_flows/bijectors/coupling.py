@@ -8,6 +8,7 @@ from keras_flows.bijectors.base import (Bijector, deserialize_sublayers,
                                         serialize_sublayers, sum_except_batch)
 from keras_flows.layers.conditioners import MLP, ConvNet, ResNet
 from keras_flows.transformers import Additive, Affine, Transformer
+from keras_flows.utils.backend import call_layer
 
 
 def set_output_size(conditioner, size):
@@ -148,7 +149,7 @@ class Coupling(Bijector):
                 # (B, K) -> (B, H, W, K): repeat the vector at every pixel.
                 context = ops.ones_like(a[..., :1]) * context[:, None, None, :]
             h = ops.concatenate([a, context], axis=-1)
-        out = self.conditioner(h, training=training)
+        out = call_layer(self.conditioner, h, training=training)
         return ops.reshape(out, (-1, *b.shape[1:], self.transformer.params_per_feature))
 
     def _apply(self, x, context, training, inverse):

@@ -9,6 +9,7 @@ from keras import ops
 from keras_flows.bijectors.base import Bijector, sum_except_batch
 from keras_flows.layers.conv import Conv2D
 from keras_flows.layers.dense import Dense
+from keras_flows.utils.backend import call_layer
 from keras_flows.utils.math import tanh, upcast
 
 
@@ -67,7 +68,7 @@ class SplitPrior(Bijector):
         self.built = True
 
     def _params(self, h):
-        out = self.conv(h)
+        out = call_layer(self.conv, h)
         loc, log_scale = out[..., 0::2], out[..., 1::2]
         if self.scale_bound is not None:
             log_scale = self.scale_bound * tanh(log_scale / self.scale_bound)

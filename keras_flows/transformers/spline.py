@@ -6,7 +6,8 @@ import keras
 from keras import ops
 
 from keras_flows.transformers.base import Transformer
-from keras_flows.utils.math import upcast
+from keras_flows.utils.backend import matmul
+from keras_flows.utils.math import softmax, upcast
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -82,15 +83,14 @@ class RationalQuadraticSpline(Transformer):
     def _knots(self, unnormalised, minimum):
         """Knot positions (..., K + 1) from -B to B and bin sizes (..., K)."""
         # One bin has size 1 (ops.softmax warns on an axis of size 1).
-        fractions = (ops.softmax(unnormalised, axis=-1) if self.bins > 1
+        fractions = (softmax(unnormalised) if self.bins > 1
                      else ops.ones_like(unnormalised))
         sizes = minimum + (1.0 - minimum * self.bins) * fractions
-        # cumsum over the last axis as a masked sum: ops.cumsum returns float32
-        # for float64 input on PyTorch (Keras 3.15). Sizes sum to 1, so the end
-        # knots are set to exactly -B and B.
-        k = self.bins
-        lower = ops.cast(ops.arange(k)[:, None] <= ops.arange(k)[None, :], sizes.dtype)
-        inner = ops.sum(sizes[..., :, None] * lower, axis=-2)[..., :-1]
+        # cumsum over the last axis as a product with the upper triangle of
+        # ones: ops.cumsum returns float32 for float64 input on PyTorch (Keras
+        # 3.15). Sizes sum to 1, so the end knots are set to exactly -B and B.
+        upper = ops.triu(ops.ones((self.bins, self.bins), dtype=sizes.dtype))
+        inner = matmul(sizes, upper)[..., :-1]
         edge = ops.ones_like(sizes[..., :1]) * self.bound
         knots = ops.concatenate([-edge, 2.0 * self.bound * inner - self.bound, edge], axis=-1)
         return knots, knots[..., 1:] - knots[..., :-1]

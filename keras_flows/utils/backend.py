@@ -1,6 +1,8 @@
 """The little per-backend code keras_flows needs, one branch per backend."""
 
 import contextlib
+import functools
+import inspect
 import weakref
 
 import numpy as np
@@ -72,6 +74,57 @@ def known_true(flag):
 
 
 _FLAG_READS = weakref.WeakKeyDictionary()   # tensor -> (version, value > 0.5)
+
+
+def call_layer(layer, *inputs, training=None):
+    """`layer(*inputs, training=training)`, through `layer.call` where that
+    computes the same.
+
+    `Layer.__call__` converts the inputs to the layer's input dtype, builds
+    the layer, resolves `training`, enters the autocast scope of a
+    mixed-precision layer and relayouts outputs under a distribution. In
+    eager PyTorch that bookkeeping costs about 0.1 ms a call, as much as the
+    arithmetic of a small MLP (benchmarks/README.md, "The conditioner's
+    call"). When the layer is built, every input already has the layer's
+    input dtype, its variables already read in its compute dtype (no scope
+    to enter or leave), no distribution is set and there is no activity
+    regularizer, none of it changes the result, and `layer.call` runs
+    directly; `training` is passed when `call` takes it. Otherwise, and on
+    symbolic inputs, `layer(...)` runs.
+    """
+    if not (layer.built and layer.activity_regularizer is None
+            and keras.distribution.distribution() is None
+            and all(x is None or (not keras.backend.is_keras_tensor(x)
+                                  and keras.backend.standardize_dtype(x.dtype)
+                                  == layer.input_dtype) for x in inputs)
+            and _reads_in_compute_dtype(layer)):
+        return layer(*inputs, training=training)
+    if _takes_training(type(layer)):
+        return layer.call(*inputs, training=training)
+    return layer.call(*inputs)
+
+
+def _reads_in_compute_dtype(layer):
+    """Whether the layer's float variables read as its compute dtype now,
+    i.e. whether its `__call__` would leave the autocast scope as it is."""
+    probe = _FLOAT_VARIABLE.get(layer, _UNSEEN)
+    if probe is _UNSEEN:
+        probe = next((v for v in layer.weights
+                      if keras.backend.is_float_dtype(v.dtype)), None)
+        _FLOAT_VARIABLE[layer] = probe
+    if probe is None:
+        return True
+    return (keras.backend.standardize_dtype(ops.convert_to_tensor(probe).dtype)
+            == layer.compute_dtype)
+
+
+_FLOAT_VARIABLE = weakref.WeakKeyDictionary()   # layer -> its first float variable
+_UNSEEN = object()
+
+
+@functools.cache
+def _takes_training(layer_class):
+    return "training" in inspect.signature(layer_class.call).parameters
 
 
 def matmul(a, b):

@@ -35,6 +35,21 @@ def tanh(a):
     return ops.where(negative, -t, t)
 
 
+def softmax(x, axis=-1):
+    """softmax(x)_i = exp(x_i - m) / sum_j exp(x_j - m), m = max_j x_j, over `axis`.
+
+    `ops.softmax`, except over an axis of fewer than 16 entries, where the
+    formula is written out: PyTorch's CPU kernel is slow on a short last
+    axis, 0.59 ms against 0.12 ms for a spline's (512, 8, 8) bin widths,
+    and faster from 16 entries on (`benchmarks/op_overhead.py`). Under XLA
+    the two compile alike. m carries no gradient; the softmax does not
+    depend on it."""
+    if x.shape[axis] is None or x.shape[axis] >= 16:
+        return ops.softmax(x, axis=axis)
+    e = ops.exp(x - ops.stop_gradient(ops.amax(x, axis=axis, keepdims=True)))
+    return e / ops.sum(e, axis=axis, keepdims=True)
+
+
 def arctanh(z):
     """atanh(z) = (log1p(z) - log1p(-z)) / 2."""
     return 0.5 * (ops.log1p(z) - ops.log1p(-z))
