@@ -1,9 +1,12 @@
 """Gaussian base distributions."""
 
+import math
+
 import keras
 from keras import ops
 
 from keras_flows.distributions.base import Distribution, normal_log_prob
+from keras_flows.utils.math import upcast
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -14,8 +17,8 @@ class StandardNormal(Distribution):
     """
 
     def log_prob(self, z):
-        z = self._flat(z)
-        return ops.sum(normal_log_prob(z, 0.0, 0.0), axis=-1)
+        z = upcast(self._flat(z))
+        return -0.5 * (ops.sum(ops.square(z), axis=-1) + self.event_size * math.log(2.0 * math.pi))
 
     def sample(self, n, seed=None, temperature=1.0):
         eps = self._normal(n, seed) * temperature
