@@ -23,7 +23,7 @@ Names (`--distribution` of `keras_flows.train`):
 
 Each replica gets an equal share of every global batch; ActNorm's start and
 BatchNorm's statistics are those of the global batch (see
-`keras_flows.utils.backend.cross_replica_mean`), so the replicas agree and
+`cross_replica_mean`), so the replicas agree and
 the results are those of one device on the same global batches.
 """
 
@@ -93,25 +93,48 @@ def process_group():
 
 def average_gradients(model):
     """Under "ddp" with more than one process, makes every trainable variable
-    of `model` average its gradient over the processes as soon as
-    backpropagation has accumulated it (one all-reduce per variable, in the
-    order backpropagation reaches them, the same in every process); nothing
-    elsewhere, or for a variable already set up. `Flow.train_step` calls it,
-    so `fit` and `train_on_batch` need nothing more."""
+    of `model` average its gradient over the processes; nothing elsewhere.
+    `Flow.train_step` calls it before each step, so `fit` and
+    `train_on_batch` need nothing more.
+
+    As `DistributedDataParallel` does, the communication overlaps
+    backpropagation: each variable's all-reduce starts, without waiting, as
+    soon as its gradient is complete (in the order backpropagation reaches
+    them, the same in every process), and the end of backpropagation waits
+    for them all and divides each sum by the number of processes, before the
+    optimizer reads a gradient."""
     if process_group()[1] == 1:
         return
+    _finish_averages()   # none pending, unless the last backward pass failed
     for variable in model.trainable_variables:
         parameter = variable.value
         if not getattr(parameter, "_keras_flows_averaged", False):
-            parameter.register_post_accumulate_grad_hook(_average_gradient)
+            parameter.register_post_accumulate_grad_hook(_start_average)
             parameter._keras_flows_averaged = True
 
 
-def _average_gradient(parameter):
+_PENDING = []   # (work, gradient) of the all-reduces this backward pass started
+
+
+def _start_average(parameter):
+    import torch
     import torch.distributed as dist
 
-    dist.all_reduce(parameter.grad)
-    parameter.grad.div_(dist.get_world_size())
+    if not _PENDING:   # the first this pass: finish them all when it ends
+        torch.autograd.Variable._execution_engine.queue_callback(_finish_averages)
+    _PENDING.append((dist.all_reduce(parameter.grad, async_op=True), parameter.grad))
+
+
+def _finish_averages():
+    if not _PENDING:
+        return
+    import torch.distributed as dist
+
+    count = dist.get_world_size()
+    for work, gradient in _PENDING:
+        work.wait()
+        gradient.div_(count)
+    _PENDING.clear()
 
 
 def mean_over_processes(value):
@@ -163,6 +186,43 @@ def split_batch(model, batch):
         return keras.tree.map_structure(lambda a: a[start:start + size], batch)
 
     return strategy.experimental_distribute_values_from_function(part)
+
+
+def cross_replica_mean(x):
+    """The mean of `x` over the replicas of a data-parallel step; `x` itself
+    elsewhere.
+
+    Each replica passes its own value (e.g. a statistic of its share of the
+    batch) and gets back the mean over all replicas, differentiably.
+
+    - TensorFlow: inside a `tf.distribute` replica context with more than one
+      replica (`MirroredStrategy`, `MultiWorkerMirroredStrategy`),
+      `ReplicaContext.all_reduce(MEAN, x)`, whose gradient is the all-reduced
+      mean of the replicas' gradients.
+    - JAX: `x`. Under `keras.distribution.DataParallel` the train step is one
+      program over the global batch, sharded across the devices, so a
+      `keras.ops` reduction over the batch is already global.
+    - PyTorch: when `torch.distributed` is initialised with more than one
+      process (DistributedDataParallel under `torchrun`), the sum over the
+      processes by `torch.distributed.nn.functional.all_reduce` (which
+      carries gradients) divided by their number.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return x
+        return context.all_reduce(tf.distribute.ReduceOp.MEAN, x)
+    if backend == "torch":
+        count = process_group()[1]
+        if count == 1:
+            return x
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(x) / count
+    return x
 
 
 def loss_share(loss):

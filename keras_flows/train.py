@@ -262,8 +262,10 @@ def _train(flow, config, args, x_train, y_train, x_test, labels):
                 _write_log(args.out, state["rows"])
                 print(f"epoch {epoch}/{train['epochs']}: loss {logs['loss']:.4f}, test "
                       f"bits/dim {logs['test_bits_per_dim']:.4f}, {state['seconds']:.0f} s")
-        # Every process stops at the same step: the first one's clock decides.
-        stop = distribute.mean_over_processes(float(time.time() - start > budget and writes)) > 0
+        # Every process stops at the same step: the first one's clock decides
+        # (one all-reduce a step under "ddp", only when there is a time limit).
+        stop = budget < math.inf and distribute.mean_over_processes(
+            float(time.time() - start > budget and writes)) > 0
         if done and (stop or state["step"] % every == 0) and writes:
             state["seconds"] = seconds + time.time() - start
             checkpoint.save(flow, state)

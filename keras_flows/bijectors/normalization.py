@@ -4,7 +4,8 @@ import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector, num_positions, per_example
-from keras_flows.utils.backend import cross_replica_mean, known_true
+from keras_flows.distribute import cross_replica_mean
+from keras_flows.utils.backend import known_true
 from keras_flows.utils.math import upcast
 
 
