@@ -443,6 +443,11 @@ def test_call_layer_skips_dunder_call_only_where_it_changes_nothing():
     call_layer(fresh, ops.convert_to_tensor(x, "float32"))
     assert fresh.calls == 1 and fresh.built
 
+    with keras.RematScope(mode="full"):
+        remat = counted("float32")
+    call_layer(remat, ops.convert_to_tensor(x, "float32"))
+    assert remat.calls == 1   # rematerialised by its `__call__`
+
     symbolic = call_layer(layer, keras.KerasTensor((None, 4)))
     assert keras.backend.is_keras_tensor(symbolic) and tuple(symbolic.shape) == (None, 3)
     assert layer.calls == calls + 2

@@ -82,18 +82,20 @@ def call_layer(layer, *inputs, training=None):
 
     `Layer.__call__` converts the inputs to the layer's input dtype, builds
     the layer, resolves `training`, enters the autocast scope of a
-    mixed-precision layer and relayouts outputs under a distribution. In
+    mixed-precision layer, rematerialises a layer made in a
+    `keras.RematScope` and relayouts outputs under a distribution. In
     eager PyTorch that bookkeeping costs about 0.1 ms a call, as much as the
     arithmetic of a small MLP (benchmarks/README.md, "The conditioner's
     call"). When the layer is built, every input already has the layer's
     input dtype, its variables already read in its compute dtype (no scope
-    to enter or leave), no distribution is set and there is no activity
-    regularizer, none of it changes the result, and `layer.call` runs
-    directly; `training` is passed when `call` takes it. Otherwise, and on
-    symbolic inputs, `layer(...)` runs.
+    to enter or leave), it was not made in a `RematScope`, no distribution
+    is set and there is no activity regularizer, none of it changes the
+    result, and `layer.call` runs directly; `training` is passed when
+    `call` takes it. Otherwise, and on symbolic inputs, `layer(...)` runs.
     """
     if not (layer.built and layer.activity_regularizer is None
             and keras.distribution.distribution() is None
+            and getattr(layer, "_remat_mode", None) is None   # set in a keras.RematScope
             and all(x is None or (not keras.backend.is_keras_tensor(x)
                                   and keras.backend.standardize_dtype(x.dtype)
                                   == layer.input_dtype) for x in inputs)
