@@ -13,6 +13,8 @@ clipped step depends on t1 (and the first stages on t0), which gives the
 gradient with respect to a learnable end time.
 """
 
+import math
+
 import keras
 from keras import ops
 
@@ -67,17 +69,27 @@ def odeint(f, y0, t0, t1, method="dopri5", steps=None, rtol=1e-5, atol=1e-5,
 
     Differentiation: by backpropagating through the steps (see the module
     docstring). So that this also works on JAX, whose `while_loop` cannot be
-    reverse-differentiated, `dopri5` runs a loop of exactly `max_steps`
-    iterations (`utils.backend.fori_loop`, a `scan` on JAX) in which
-    each iteration is an `ops.cond` that skips the work once t1 is reached.
-    The cost: a skipped iteration does no evaluation of f, but on JAX and
-    TensorFlow the backward pass keeps residuals for every one of the
-    `max_steps` iterations, so the memory of a gradient grows with
-    `max_steps` rather than with the steps taken; choose `max_steps` near
-    what the solve needs. (On PyTorch the loop is plain Python and skipped
-    iterations keep nothing.) Fixed-step methods loop over `steps` the same
-    way and keep one step's residuals per step. The loops are bounded, so a
-    gradient also compiles under XLA on TensorFlow.
+    reverse-differentiated, `dopri5` runs a bounded loop
+    (`utils.backend.fori_loop`, a `scan` on JAX) whose iterations are
+    `ops.cond`s that skip the work once t1 is reached. What a skipped
+    iteration costs in a gradient, per backend:
+    - JAX: the loop is ceil(sqrt(max_steps)) chunks of ceil(sqrt(max_steps))
+      checkpointed iterations (`keras.remat`), and a chunk after t1 is
+      skipped whole. The backward pass keeps one state (y and its last
+      derivative) per iteration and recomputes each attempt's stages, so
+      a gradient's memory is `max_steps` states plus one attempt's
+      residuals, and its time grows with the attempts made. (Without the
+      checkpoint, the scan kept every residual of an attempt, zeros for a
+      skipped one, for all `max_steps` iterations: FFJORD's 2-D example
+      took 15 s a step and 9 GB at max_steps=1000, against 26 ms and 0.9 GB
+      now; `benchmarks/ode_gradient.py`.)
+    - TensorFlow: the loop is flat. Run as a graph (Keras's default for
+      these models) its gradient keeps what the attempts made; compiled by
+      XLA (`jit_compile=True`) it keeps residuals for all `max_steps`
+      iterations, so choose `max_steps` near what the solve needs.
+    - PyTorch: a Python loop; skipped iterations keep nothing.
+    Fixed-step methods loop over `steps` and keep each step's residuals. The
+    loops are bounded, so a gradient also compiles under XLA on TensorFlow.
 
     Args:
         f: callable `f(t, y)` returning dy/dt with the structure of `y`.
@@ -246,11 +258,30 @@ def _dopri5(func, y0, t0, t1, rtol, atol, max_steps):
                 rejected + ops.where(accept, zero_i, one))
 
     def body(_, state):
-        return ops.cond(remaining(state[0]) > 0, lambda: attempt(state), lambda: state)
+        t, _, _, _, _, accepted, rejected = state
+        go = (remaining(t) > 0) & (accepted + rejected < max_steps)
+        return ops.cond(go, lambda: attempt(state), lambda: state)
 
     counter = ops.zeros((), "int32")
     state = (t0, sg(h), y0, k1, counter + 2, counter, counter)
-    t, _, y1, _, nfe, accepted, rejected = fori_loop(0, max_steps, body, state)
+    if keras.backend.backend() == "jax":
+        # The scan's backward pass keeps, per iteration, every residual of an
+        # attempt (zeros for a skipped one) and runs every iteration. Here it
+        # keeps each iteration's carry (the body is checkpointed), and the
+        # iterations run as ceil(sqrt(max_steps)) chunks, each skipped whole
+        # once t1 is reached. (TensorFlow's XLA cannot differentiate a loop
+        # inside a cond; there, and on PyTorch, the loop stays flat.)
+        body = keras.remat(body)
+        chunk = math.isqrt(max_steps - 1) + 1
+
+        def chunk_body(_, state):
+            return ops.cond(remaining(state[0]) > 0,
+                            lambda: fori_loop(0, chunk, body, state), lambda: state)
+
+        state = fori_loop(0, -(-max_steps // chunk), chunk_body, state)
+    else:
+        state = fori_loop(0, max_steps, body, state)
+    t, _, y1, _, nfe, accepted, rejected = state
     stats = {"nfe": nfe, "steps": accepted, "rejected": rejected,
              "converged": remaining(t) <= 0, "t": t}
     if is_concrete(t):
