@@ -11,6 +11,19 @@ are held fixed for the gradient (`stop_gradient` on the step-size controller),
 so the gradient is exact for the grid the forward pass chose; only the last,
 clipped step depends on t1 (and the first stages on t0), which gives the
 gradient with respect to a learnable end time.
+
+Why not the adjoint method (solve an adjoint ODE backwards, "optimise then
+discretise", Chen et al. 2018)? Its gradient is that of the exact ODE, not of
+what the solver computed, so it is off by the solver's error, and it solves
+the ODE a second time backwards, which is unstable for many dynamics; for
+continuous normalizing flows discretise-then-optimise trains as well or
+better in less time (Onken & Ruthotto 2020, arXiv:2005.13420), and it is
+Diffrax's default (`RecursiveCheckpointAdjoint`). The adjoint's advantage,
+memory independent of the steps, is mostly had here by checkpointing: on
+JAX a gradient keeps one state per step and recomputes each step's stages
+(see `odeint`). An adjoint would also need `f`'s variables as explicit
+inputs of a custom gradient (`keras.ops.custom_gradient` differentiates its
+arguments), not the closure `odeint` takes.
 """
 
 import math
