@@ -234,11 +234,11 @@ def test_gradient_when_compiled():
 
 
 def test_compiled_gradient_keeps_one_state_per_iteration_on_jax():
-    # A scan's backward pass keeps residuals per iteration. With the attempt
-    # checkpointed, raising max_steps from 10 to 1000 (same solve, a handful
-    # of attempts) adds about one state (y and its derivative) per
+    # A scan's backward pass keeps residuals per iteration. With the loop
+    # body checkpointed, raising max_steps from 10 to 1000 (same solve, a
+    # handful of attempts) adds about one state (y and its derivative) per
     # iteration; unchecked it added every residual of an attempt: ~800 KB
-    # an iteration for this MLP, 100 times the state.
+    # an iteration for this MLP, hundreds of times the state.
     if BACKEND != "jax":
         pytest.skip("JAX's compiled memory analysis; TensorFlow's loop is flat and "
                     "PyTorch's is Python (see odeint's docstring)")

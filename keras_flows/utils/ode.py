@@ -278,12 +278,8 @@ def _dopri5(func, y0, t0, t1, rtol, atol, max_steps):
     counter = ops.zeros((), "int32")
     state = (t0, sg(h), y0, k1, counter + 2, counter, counter)
     if keras.backend.backend() == "jax":
-        # The scan's backward pass keeps, per iteration, every residual of an
-        # attempt (zeros for a skipped one) and runs every iteration. Here it
-        # keeps each iteration's carry (the body is checkpointed), and the
-        # iterations run as ceil(sqrt(max_steps)) chunks, each skipped whole
-        # once t1 is reached. (TensorFlow's XLA cannot differentiate a loop
-        # inside a cond; there, and on PyTorch, the loop stays flat.)
+        # Checkpointed chunks (see the docstring). Not on TensorFlow: XLA
+        # cannot differentiate a loop inside a cond.
         body = keras.remat(body)
         chunk = math.isqrt(max_steps - 1) + 1
 
