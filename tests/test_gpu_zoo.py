@@ -1,5 +1,5 @@
-"""scripts/gpu_zoo.py's data path: CIFAR-10 in lossless parts, unpacked on the
-device into the exact arrays (the training step itself is train.py's, tested in
+"""scripts/gpu_zoo.py's data path: CIFAR-10 or MNIST in lossless parts, unpacked on
+the device into the exact arrays (the training step itself is train.py's, tested in
 test_train.py)."""
 
 import os
@@ -42,3 +42,31 @@ def test_parts_unpack_to_the_exact_images(tmp_path, cifar10):
                                   cifar10["y_train"][83:166])
     np.testing.assert_array_equal(np.load(data / "test_0_40.npy"), cifar10["x_test"][:40])
 
+
+
+def test_mnist_preset_parts_are_grey_and_exact(tmp_path):
+    mnist = dataset_file("mnist")
+    out = gpu_zoo("--dir", str(tmp_path / "g"), "--preset", "residual_flow_mnist", "prepare",
+                  "--data", str(mnist), "--limit", "150", "--parts", "2", "--test-images",
+                  "30", "--no-wheels")
+    assert out.count("call ") == 2
+    out = gpu_zoo("--dir", str(tmp_path / "g"), "--preset", "residual_flow_mnist", "device",
+                  env={"OUT": str(tmp_path / "out")})
+    assert "unpacked 150 training and 30 test images" in out
+    data = tmp_path / "g" / "data"
+    mnist = np.load(mnist)
+    x = np.concatenate([np.load(data / n) for n in ("train_0_75.npy", "train_75_150.npy")])
+    np.testing.assert_array_equal(x, mnist["x_train"][:150])
+    np.testing.assert_array_equal(np.load(data / "test_0_30.npy"), mnist["x_test"][:30])
+    # Parts of one dataset are not trained on as another's.
+    with pytest.raises(subprocess.CalledProcessError) as error:
+        gpu_zoo("--dir", str(tmp_path / "g"), "--preset", "glow_cifar10", "device")
+    assert "holds mnist images" in error.value.stderr
+
+
+def test_unknown_or_non_image_preset_is_refused(tmp_path):
+    for preset, message in (("glow_svhn", "no such published preset"),
+                            ("realnvp_moons", "trained on")):
+        with pytest.raises(subprocess.CalledProcessError) as error:
+            gpu_zoo("--dir", str(tmp_path / "g"), "--preset", preset, "device")
+        assert message in error.value.stderr
