@@ -194,6 +194,57 @@ def test_matmul_promotes_and_traces():
     assert keras.backend.standardize_dtype(spec.dtype) == "float64"
 
 
+@pytest.mark.parametrize("dtypes", [("float32",) * 3, ("float64",) * 3,
+                                    ("float32", "float64", "float64")])
+@pytest.mark.parametrize("leading", [(6,), (2, 6)])
+def test_linear_matches_numpy_and_its_gradients(dtypes, leading):
+    from keras_flows.utils.backend import linear
+
+    # 2-D with one dtype is PyTorch's `addmm` path; the rest go through `matmul`.
+    x, bias = _RNG.normal(size=(*leading, 5)), _RNG.normal(size=(3,))
+    kernel = keras.Variable(_B, dtype=dtypes[1], trainable=True)
+    y = linear(ops.convert_to_tensor(x, dtypes[0]), kernel,
+               ops.convert_to_tensor(bias, dtypes[2]))
+    tol = 1e-12 if dtypes[0] == "float64" else 1e-5
+    expected = x.astype(dtypes[0]) @ _B + bias
+    assert keras.backend.standardize_dtype(y.dtype) == ("float32" if set(dtypes) == {"float32"}
+                                                        else "float64")
+    np.testing.assert_allclose(ops.convert_to_numpy(y), expected, rtol=tol, atol=tol)
+    no_bias = linear(ops.convert_to_tensor(x, dtypes[1]), kernel)
+    np.testing.assert_allclose(ops.convert_to_numpy(no_bias), x @ _B, rtol=tol, atol=tol)
+    # d<g, x W + b>/d(x, b) = (g W^T, sum of g over the leading axes).
+    g = _RNG.normal(size=(*leading, 3))
+    dtype = dtypes[0]
+    _, pull_x = pullback(lambda t: linear(t, ops.convert_to_tensor(_B, dtype),
+                                          ops.convert_to_tensor(bias, dtype)),
+                         ops.convert_to_tensor(x, dtype))
+    _, pull_b = pullback(lambda t: linear(ops.convert_to_tensor(x, dtype),
+                                          ops.convert_to_tensor(_B, dtype), t),
+                         ops.convert_to_tensor(bias, dtype))
+    g = ops.convert_to_tensor(g, dtype)
+    np.testing.assert_allclose(ops.convert_to_numpy(pull_x(g)),
+                               ops.convert_to_numpy(g) @ _B.T, rtol=tol, atol=tol)
+    np.testing.assert_allclose(ops.convert_to_numpy(pull_b(g)),
+                               ops.convert_to_numpy(g).reshape(-1, 3).sum(0),
+                               rtol=tol, atol=tol)
+
+
+def test_relu_is_keras_relu_and_serializes_as_relu():
+    from keras_flows.utils.backend import relu
+
+    for dtype in ("float32", "float64"):
+        x = ops.convert_to_tensor(_A, dtype)
+        y = relu(x)
+        assert keras.backend.standardize_dtype(y.dtype) == dtype
+        np.testing.assert_array_equal(ops.convert_to_numpy(y), np.maximum(_A, 0).astype(dtype))
+    spec = relu(keras.KerasTensor((None, 5), dtype="float64"))
+    assert tuple(spec.shape) == (None, 5)
+    layer = Dense(3, activation="relu")
+    assert layer.activation is relu
+    assert layer.get_config()["activation"] == "relu"
+    assert Dense.from_config(layer.get_config()).activation is relu
+
+
 def _numpy_conv_same(x, kernel):
     """Stride-1 'same' cross-correlation, (B, H, W, I) * (h, w, I, O), odd h, w."""
     h, w = kernel.shape[:2]

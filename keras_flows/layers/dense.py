@@ -5,20 +5,21 @@ import numpy as np
 import keras
 
 from keras_flows.utils import math
-from keras_flows.utils.backend import constant, matmul
+from keras_flows.utils.backend import constant, linear, relu
 
 
 def get_activation(identifier):
     """`keras.activations.get(identifier)`, with tanh replaced by a form that
     keeps float64 (Keras 3.15's tanh returns float32 for float64 inputs on
-    JAX); the other built-in activations keep the input's dtype."""
+    JAX) and relu by `utils.backend.relu` (the same function, faster in
+    eager PyTorch); the other built-in activations keep the input's dtype."""
     fn = keras.activations.get(identifier)
-    return math.tanh if fn is keras.activations.tanh else fn
+    return {keras.activations.tanh: math.tanh, keras.activations.relu: relu}.get(fn, fn)
 
 
 def serialize_activation(fn):
     """The config entry of an activation from `get_activation`."""
-    return "tanh" if fn is math.tanh else keras.activations.serialize(fn)
+    return {math.tanh: "tanh", relu: "relu"}.get(fn) or keras.activations.serialize(fn)
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -26,7 +27,7 @@ class Dense(keras.layers.Layer):
     """y = act(x W + b) on the last axis.
 
     `keras.layers.Dense` computes float64 products in float32 on PyTorch
-    (Keras 3.15 `ops.matmul`); this one uses `utils.backend.matmul`, so a
+    (Keras 3.15 `ops.matmul`); this one uses `utils.backend.linear`, so a
     layer with `dtype="float64"` computes in float64 on every backend. Its
     variables are those of `keras.layers.Dense`, with the same names, shapes
     and order, `kernel` (in, units) then `bias` (units,), so weight files
@@ -63,12 +64,7 @@ class Dense(keras.layers.Layer):
         return self.kernel
 
     def call(self, x):
-        y = matmul(x, self._kernel())
-        if self.bias is not None:
-            # A variable in a PyTorch expression goes through Keras's
-            # `__torch_function__`, about 10 us a call more than its tensor.
-            y = y + keras.ops.convert_to_tensor(self.bias)
-        return self.activation(y)
+        return self.activation(linear(x, self._kernel(), self.bias))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
@@ -120,7 +116,10 @@ class MaskedDense(Dense):
 
     def _kernel(self):
         kernel = keras.ops.convert_to_tensor(self.kernel)  # autocast to the compute dtype
-        return kernel * keras.ops.cast(self._mask_tensor, kernel.dtype)
+        mask = self._mask_tensor
+        if mask.dtype != kernel.dtype:  # mixed precision
+            mask = keras.ops.cast(mask, kernel.dtype)
+        return kernel * mask
 
     def get_config(self):
         config = super().get_config()
