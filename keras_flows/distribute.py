@@ -98,42 +98,68 @@ def average_gradients(model):
     `train_on_batch` need nothing more.
 
     As `DistributedDataParallel` does, the communication overlaps
-    backpropagation: each variable's all-reduce starts, without waiting, as
-    soon as its gradient is complete (in the order backpropagation reaches
-    them, the same in every process), and the end of backpropagation waits
-    for them all and divides each sum by the number of processes, before the
-    optimizer reads a gradient."""
+    backpropagation and goes in buckets: each gradient joins the open bucket
+    as soon as it is complete (in the order backpropagation reaches them,
+    the same in every process); a bucket of `BUCKET_BYTES` or more is
+    flattened and its all-reduce starts without waiting; the end of
+    backpropagation starts the last one, waits for them all and divides each
+    sum by the number of processes, before the optimizer reads a gradient.
+    One all-reduce a bucket, not one a variable: the CIFAR-10 Glow preset
+    has 270 trainable variables and 3 MB of gradients, one bucket."""
     if process_group()[1] == 1:
         return
-    _finish_averages()   # none pending, unless the last backward pass failed
+    _BUCKET.clear()      # empty, unless the last backward pass failed
+    _finish_averages()
     for variable in model.trainable_variables:
         parameter = variable.value
         if not getattr(parameter, "_keras_flows_averaged", False):
-            parameter.register_post_accumulate_grad_hook(_start_average)
+            parameter.register_post_accumulate_grad_hook(_add_to_bucket)
             parameter._keras_flows_averaged = True
 
 
-_PENDING = []   # (work, gradient) of the all-reduces this backward pass started
+BUCKET_BYTES = 25 * 2**20   # DistributedDataParallel's default bucket_cap_mb
+_BUCKET = []    # complete gradients whose all-reduce has not started
+_PENDING = []   # (work, flat sum, gradients) of the all-reduces started this pass
 
 
-def _start_average(parameter):
+def _add_to_bucket(parameter):
+    import torch
+
+    gradient = parameter.grad
+    if not _BUCKET and not _PENDING:   # the first this pass: finish them all when it ends
+        torch.autograd.Variable._execution_engine.queue_callback(_finish_averages)
+    if _BUCKET and (gradient.dtype, gradient.device) != (_BUCKET[0].dtype, _BUCKET[0].device):
+        _start_bucket()
+    _BUCKET.append(gradient)
+    if sum(g.numel() for g in _BUCKET) * gradient.element_size() >= BUCKET_BYTES:
+        _start_bucket()
+
+
+def _start_bucket():
     import torch
     import torch.distributed as dist
 
-    if not _PENDING:   # the first this pass: finish them all when it ends
-        torch.autograd.Variable._execution_engine.queue_callback(_finish_averages)
-    _PENDING.append((dist.all_reduce(parameter.grad, async_op=True), parameter.grad))
+    gradients = list(_BUCKET)
+    _BUCKET.clear()
+    flat = torch.cat([g.reshape(-1) for g in gradients])
+    _PENDING.append((dist.all_reduce(flat, async_op=True), flat, gradients))
 
 
 def _finish_averages():
+    if _BUCKET:
+        _start_bucket()
     if not _PENDING:
         return
     import torch.distributed as dist
 
     count = dist.get_world_size()
-    for work, gradient in _PENDING:
+    for work, flat, gradients in _PENDING:
         work.wait()
-        gradient.div_(count)
+        flat.div_(count)
+        offset = 0
+        for gradient in gradients:
+            gradient.copy_(flat[offset:offset + gradient.numel()].view_as(gradient))
+            offset += gradient.numel()
     _PENDING.clear()
 
 

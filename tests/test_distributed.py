@@ -87,8 +87,12 @@ def _worker(distribution):
     with distribute.scope(distribution):
         flow = _flow()
     flow.set_weights(start)
+    # Under "ddp", gradients all-reduced in buckets of one to a few variables here,
+    # in one bucket in `fit` below.
+    distribute.BUCKET_BYTES, default = 64, distribute.BUCKET_BYTES
     losses = [distribute.mean_over_processes(float(flow.train_on_batch(
         distribute.split_batch(flow, b)))) for b in batches]
+    distribute.BUCKET_BYTES = default
     replicas = [_replica_values(v) for v in flow.weights]
     parts = distribute.split_batch(flow, batches[0])
     parts = [np.asarray(v) for v in parts.values] if hasattr(parts, "values") else [parts]
