@@ -43,7 +43,6 @@ def test_parts_unpack_to_the_exact_images(tmp_path, cifar10):
     np.testing.assert_array_equal(np.load(data / "test_0_40.npy"), cifar10["x_test"][:40])
 
 
-
 def test_mnist_preset_parts_are_grey_and_exact(tmp_path):
     mnist = dataset_file("mnist")
     out = gpu_zoo("--dir", str(tmp_path / "g"), "--preset", "residual_flow_mnist", "prepare",
