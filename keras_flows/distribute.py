@@ -106,9 +106,11 @@ def average_gradients(model):
     sum by the number of processes, before the optimizer reads a gradient.
     One all-reduce a bucket, not one a variable: the CIFAR-10 Glow preset
     has 270 trainable variables and 3 MB of gradients, one bucket."""
+    global _bucket_bytes
     if process_group()[1] == 1:
         return
     _BUCKET.clear()      # empty, unless the last backward pass failed
+    _bucket_bytes = 0
     _finish_averages()
     for variable in model.trainable_variables:
         parameter = variable.value
@@ -119,19 +121,22 @@ def average_gradients(model):
 
 BUCKET_BYTES = 25 * 2**20   # DistributedDataParallel's default bucket_cap_mb
 _BUCKET = []    # complete gradients whose all-reduce has not started
+_bucket_bytes = 0   # their size
 _PENDING = []   # (work, flat sum, gradients) of the all-reduces started this pass
 
 
 def _add_to_bucket(parameter):
     import torch
 
+    global _bucket_bytes
     gradient = parameter.grad
     if not _BUCKET and not _PENDING:   # the first this pass: finish them all when it ends
         torch.autograd.Variable._execution_engine.queue_callback(_finish_averages)
     if _BUCKET and (gradient.dtype, gradient.device) != (_BUCKET[0].dtype, _BUCKET[0].device):
         _start_bucket()
     _BUCKET.append(gradient)
-    if sum(g.numel() for g in _BUCKET) * gradient.element_size() >= BUCKET_BYTES:
+    _bucket_bytes += gradient.numel() * gradient.element_size()
+    if _bucket_bytes >= BUCKET_BYTES:
         _start_bucket()
 
 
@@ -139,8 +144,10 @@ def _start_bucket():
     import torch
     import torch.distributed as dist
 
+    global _bucket_bytes
     gradients = list(_BUCKET)
     _BUCKET.clear()
+    _bucket_bytes = 0
     flat = torch.cat([g.reshape(-1) for g in gradients])
     _PENDING.append((dist.all_reduce(flat, async_op=True), flat, gradients))
 
