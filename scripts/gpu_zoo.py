@@ -130,7 +130,7 @@ def prepare(args):
                        check=True)
     data = np.load(args.data)
     x, y = data["x_train"][:args.limit], data["y_train"][:args.limit]
-    images = json.dumps({"dataset": preset_source(args.preset)[1], "shape": x.shape[1:]})
+    images = json.dumps({"dataset": args.dataset, "shape": x.shape[1:]})
     bounds = np.linspace(0, len(x), args.parts + 1).astype(int)
     for k, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
         part = gpu / f"part{k}"
@@ -196,8 +196,7 @@ def device(args):
                             "--no-deps", "--no-compile", "--target", str(site), *wheels],
                            check=True)
         env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT)])
-    config, dataset = preset_source(args.preset)
-    x_train, y_train, x_test, y_test = unpack(gpu, dataset)
+    x_train, y_train, x_test, y_test = unpack(gpu, args.dataset)
     print(f"unpacked {0 if x_train is None else len(x_train)} training and "
           f"{0 if x_test is None else len(x_test)} test images", flush=True)
     for backend in filter(None, args.bench.split(",")):
@@ -209,12 +208,12 @@ def device(args):
         print(f"bench {backend}: done", flush=True)
     if not args.minutes:
         return
-    np.savez(gpu / "data" / f"{dataset}.npz", x_train=x_train, y_train=y_train,
+    np.savez(gpu / "data" / f"{args.dataset}.npz", x_train=x_train, y_train=y_train,
              x_test=x_test, y_test=y_test)
     run = ROOT / "runs" / f"gpu_{args.preset}_{len(x_train)}"
-    command = [sys.executable, "-m", "keras_flows.train", config, "--out",
+    command = [sys.executable, "-m", "keras_flows.train", args.config, "--out",
                str(run.relative_to(ROOT)), "--data",
-               os.path.relpath(gpu / "data" / f"{dataset}.npz", ROOT),
+               os.path.relpath(gpu / "data" / f"{args.dataset}.npz", ROOT),
                "--init", args.init or args.preset,
                "--epochs", "1000", "--max-minutes", str(args.minutes),
                "--eval-images", str(min(500, len(x_test))),
@@ -242,13 +241,13 @@ def finish(args):
     source = pathlib.Path(args.run)
     with open(source / "results.json") as f:
         results = json.load(f)
-    with open(ROOT / preset_source(args.preset)[0]) as f:
+    with open(ROOT / args.config) as f:
         config = json.load(f)
     batch_size = re.search(r"dataset\.batch_size=(\d+)", results["command"])
     if batch_size:  # the config the preset records is the one it was trained with
         config["dataset"]["batch_size"] = int(batch_size[1])
     flow = kf.Flow.from_preset(str(source / "preset"))
-    _, _, x_test, y_test = kf.datasets.load_arrays(preset_source(args.preset)[1], path=args.data)
+    _, _, x_test, y_test = kf.datasets.load_arrays(args.dataset, path=args.data)
     labels = y_test if config["model_config"].get("num_classes") is not None else None
     results.update(
         test_bits_per_dim=round(mean_bits_per_dim(flow, x_test, labels, num_samples=1), 4),
@@ -300,11 +299,12 @@ def main(argv=None):
     p.add_argument("run", help="the folder the device call's $OUT came back to")
     p.add_argument("--data", help="the dataset's .npz (default: as for prepare)")
     args = parser.parse_args(argv)
+    args.config, args.dataset = preset_source(args.preset)
     if getattr(args, "data", "unset") is None:
         sys.path.insert(0, str(ROOT))
         import keras_flows as kf
 
-        args.data = str(kf.datasets.npz_file(preset_source(args.preset)[1],
+        args.data = str(kf.datasets.npz_file(args.dataset,
                                              [ROOT.parent / "shared" / "datasets"]))
     args.argv = argv
     {"prepare": prepare, "device": device, "finish": finish}[args.step](args)
