@@ -245,6 +245,30 @@ def test_relu_is_keras_relu_and_serializes_as_relu():
     assert Dense.from_config(layer.get_config()).activation is relu
 
 
+def test_uniform_like_is_keras_uniform_and_draws_inside_a_torch_graph():
+    from keras_flows.utils.backend import uniform_like
+
+    x = ops.zeros((256, 3), dtype="float64")
+    got = uniform_like(x, keras.random.SeedGenerator(7))
+    assert keras.backend.standardize_dtype(got.dtype) == "float64"
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(got),
+        ops.convert_to_numpy(keras.random.uniform((256, 3), seed=keras.random.SeedGenerator(7),
+                                                  dtype="float64")))
+    if keras.backend.backend() == "torch":
+        import torch
+
+        # fullgraph=True raises at a graph break, as Keras's own draw makes.
+        torch._dynamo.reset()
+        seed = keras.random.SeedGenerator(7)
+        draw = torch.compile(lambda x: uniform_like(x, seed), fullgraph=True,
+                             backend="aot_eager")
+        a, b = (ops.convert_to_numpy(draw(ops.zeros((256, 3)))) for _ in range(2))
+        assert a.shape == (256, 3) and a.dtype == np.float32
+        assert 0.0 <= a.min() and a.max() < 1.0 and 0.4 < a.mean() < 0.6
+        assert not np.array_equal(a, b)
+
+
 def _numpy_conv_same(x, kernel):
     """Stride-1 'same' cross-correlation, (B, H, W, I) * (h, w, I, O), odd h, w."""
     h, w = kernel.shape[:2]

@@ -67,6 +67,16 @@ def _trace_breaks(fn, x):
     return []
 
 
+def test_an_image_flows_training_pass_traces_into_one_graph():
+    # Its dequantization noise is drawn inside the graph: Keras 3.15 keeps its
+    # PyTorch random draws out of torch.compile, splitting the step at each.
+    flow = kf.Glow(image_shape=(8, 8, 3), levels=2, steps_per_level=2, hidden_channels=8,
+                   seed=0)
+    x = np.random.default_rng(0).integers(0, 256, size=(4, 8, 8, 3)).astype("float32")
+    with keras.StatelessScope():
+        assert _trace_breaks(lambda x: flow(x, training=True), x) == []
+
+
 def test_the_vector_flows_trace_into_one_graph():
     # Fixed arrays (permutations, masks, signs) are tensors made at build:
     # a NumPy array converted inside the step broke PyTorch's compiled MAF

@@ -1,6 +1,7 @@
 """The bijector contract shared by every transform in keras_flows."""
 
-import numpy as np
+import math
+
 import keras
 from keras import ops
 
@@ -27,7 +28,7 @@ def num_positions(x):
     """
     dims = x.shape[1:-1]
     if all(d is not None for d in dims):
-        return float(np.prod(dims, dtype=np.int64)) if dims else 1.0
+        return float(math.prod(dims))
     n = ops.cast(1, x.dtype)
     for i in range(1, len(x.shape) - 1):
         n = n * ops.cast(ops.shape(x)[i], x.dtype)

@@ -13,7 +13,7 @@ import keras
 from keras import ops
 
 from keras_flows.bijectors.base import Bijector, per_example, sum_except_batch
-from keras_flows.utils.backend import is_concrete
+from keras_flows.utils.backend import is_concrete, uniform_like
 
 
 @keras.saving.register_keras_serializable(package="keras_flows")
@@ -150,8 +150,7 @@ class Dequantize(Bijector):
 
     def _forward(self, x, context=None, training=False):
         q = self.discretize(x)
-        noise = (keras.random.uniform(ops.shape(q), seed=self.seed_generator, dtype=q.dtype)
-                 if training else 0.5)
+        noise = uniform_like(q, self.seed_generator) if training else 0.5
         return q + noise, per_example(x, 0.0)
 
     def _inverse(self, y, context=None, training=False):

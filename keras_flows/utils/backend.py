@@ -1,7 +1,6 @@
 """The little per-backend code keras_flows needs, one branch per backend."""
 
 import contextlib
-import functools
 import inspect
 import weakref
 
@@ -33,6 +32,26 @@ def is_concrete(x):
 
         return not torch.compiler.is_compiling()
     return True
+
+
+def uniform_like(x, seed):
+    """U[0, 1) noise of `x`'s shape and dtype: `keras.random.uniform` with
+    the `SeedGenerator` `seed`, except inside `torch.compile`.
+
+    Keras 3.15 draws on PyTorch from a new `torch.Generator` made from the
+    seed at every call, and keeps that function out of compilation
+    (`torch.compiler.disable`), so every draw splits a `jit_compile=True`
+    step in two. Inside `torch.compile` the noise is `torch.rand` on
+    PyTorch's global generator instead, which compiles into the graph: such
+    steps follow `keras.utils.set_random_seed` (which seeds PyTorch), not
+    `seed`.
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if torch.compiler.is_compiling():
+            return torch.rand(x.shape, dtype=x.dtype, device=x.device)
+    return keras.random.uniform(ops.shape(x), seed=seed, dtype=x.dtype)
 
 
 def no_grad():
@@ -124,9 +143,16 @@ _FLOAT_VARIABLE = weakref.WeakKeyDictionary()   # layer -> its first float varia
 _UNSEEN = object()
 
 
-@functools.cache
 def _takes_training(layer_class):
-    return "training" in inspect.signature(layer_class.call).parameters
+    # A dict, not functools.cache, which torch.compile warns about and traces through.
+    takes = _TAKES_TRAINING.get(layer_class)
+    if takes is None:
+        takes = "training" in inspect.signature(layer_class.call).parameters
+        _TAKES_TRAINING[layer_class] = takes
+    return takes
+
+
+_TAKES_TRAINING = {}   # layer class -> whether its `call` takes `training`
 
 
 def matmul(a, b):
