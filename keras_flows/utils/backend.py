@@ -1,6 +1,7 @@
 """The little per-backend code keras_flows needs, one branch per backend."""
 
 import contextlib
+import functools
 import inspect
 import weakref
 
@@ -143,16 +144,9 @@ _FLOAT_VARIABLE = weakref.WeakKeyDictionary()   # layer -> its first float varia
 _UNSEEN = object()
 
 
+@functools.cache
 def _takes_training(layer_class):
-    # A dict, not functools.cache, which torch.compile warns about and traces through.
-    takes = _TAKES_TRAINING.get(layer_class)
-    if takes is None:
-        takes = "training" in inspect.signature(layer_class.call).parameters
-        _TAKES_TRAINING[layer_class] = takes
-    return takes
-
-
-_TAKES_TRAINING = {}   # layer class -> whether its `call` takes `training`
+    return "training" in inspect.signature(layer_class.call).parameters
 
 
 def matmul(a, b):
