@@ -101,7 +101,7 @@ def test_glow_mnist_fills_real_digits_better_than_the_observed_mean():
     # Half the pixels missing at random: the observed neighbours constrain each one.
     mask = (np.random.default_rng(0).random(images.shape) < 0.5).astype("float32")
     missing = mask > 0
-    filled = inpaint(kf.Glow.from_preset("glow_mnist"), images, mask, steps=150, seed=0)
+    filled = inpaint(kf.Glow.from_preset("glow_mnist"), images, mask, seed=0)
     np.testing.assert_array_equal(filled[~missing], images[~missing])
     # Baseline: each image's missing pixels set to the mean of its observed pixels
     # (where inpaint's MAP ascent starts, up to its jitter).
@@ -110,8 +110,9 @@ def test_glow_mnist_fills_real_digits_better_than_the_observed_mean():
     error = ((filled - images) ** 2 * missing).sum(axis=(1, 2, 3)) / missing.sum(axis=(1, 2, 3))
     baseline = ((mean_fill - images) ** 2 * missing).sum(axis=(1, 2, 3)) / missing.sum(
         axis=(1, 2, 3))
-    # Measured on JAX: the masked region's MSE 2248 against 4778 (0.47 of it), each
-    # digit between 0.34 and 0.63 of its baseline.
+    # Measured with the default 300 steps (2026-12-06 preset): the masked region's
+    # MSE 0.44 of the baseline's on every backend, each digit between 0.27 and 0.68
+    # of its own. With 150 steps this sharper model is still climbing (0.61).
     assert error.mean() < 0.6 * baseline.mean()
     assert np.all(error < 0.8 * baseline)
 
