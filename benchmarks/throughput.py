@@ -55,7 +55,11 @@ first of `--models`) of keras_flows and says where a step's time goes: `fit`
 with steps_per_execution 1 and 10, a loop of `model.train_on_batch`, the
 compiled train step called directly (JAX: `model.train_function` on the
 model's state; TensorFlow: `model.train_step` in a `tf.function`; PyTorch:
-`model.train_step`), and `Flow`'s data check that `fit` runs first.
+`model.train_step`), and `Flow`'s data check that `fit` runs first. On
+eager PyTorch it adds the step with no Trainer (the model's `call`, its
+backward pass, then `optimizer.apply`) and, when installed, zuko's and
+nflows' loops on the same model, so that Keras's per-step share is read
+off beside theirs.
 """
 
 import argparse
@@ -648,6 +652,8 @@ def profile_child(args):
     direct(device_batches[:WARMUP_STEPS])
     results.append((label, [steps / timed_epoch(direct, device_batches)
                             for _ in range(args.repeats)]))
+    if backend == "torch" and args.jit != "true":
+        results += torch_step_parts(flow, model, x, device_batches, args.repeats)
 
     check = [timed_epoch(flow._check_data, x) for _ in range(args.repeats)]
     results.append(("Flow._check_data(x) alone (fit's row check), per step",
@@ -656,6 +662,47 @@ def profile_child(args):
                       "jit_compile": str(flow.jit_compile),
                       "params": entry["params"],
                       "results": [(label, r) for label, r in results]}))
+
+
+def torch_step_parts(flow, model, x, device_batches, repeats):
+    """Eager PyTorch: the step without Keras's Trainer, beside the peers' loops.
+
+    The math is `-flow.call(batch).mean()` and its backward pass (no
+    `Layer.__call__`); the hand-written loop adds `optimizer.apply` (Keras's
+    Adam) and clears the gradients, which is all a step needs, so what `fit`
+    costs above it is Keras's per-step machinery. zuko's and nflows' loops
+    (as in the table) follow when they are installed."""
+    import torch
+
+    weights = flow.trainable_weights
+
+    def step(data, update):
+        for (batch,) in data:
+            (-flow.call(batch, training=True).mean()).backward()
+            if update:
+                with torch.no_grad():
+                    flow.optimizer.apply([v.value.grad for v in weights], weights)
+            for v in weights:
+                v.value.grad = None
+
+    steps = len(device_batches)
+    results = []
+    for label, update in [("flow.call(batch), mean, backward: the math alone", False),
+                          ("the same + optimizer.apply: a loop with no Trainer", True)]:
+        loop = lambda data, update=update: step(data, update)
+        loop(device_batches[:WARMUP_STEPS])
+        results.append((label, [steps / timed_epoch(loop, device_batches)
+                                for _ in range(repeats)]))
+    data = torch.from_numpy(x)
+    for library in ("zuko", "nflows"):
+        try:
+            epoch = ENTRIES[library](model)["epoch"]
+        except ImportError:
+            continue
+        epoch(data[:WARMUP_STEPS * BATCH])
+        results.append((f"{library}: its loop (log_prob, backward, torch Adam)",
+                        [steps / timed_epoch(epoch, data) for _ in range(repeats)]))
+    return results
 
 
 def profile(args):
