@@ -129,11 +129,15 @@ def call_layer(layer, *inputs, training=None):
 def _reads_in_compute_dtype(layer):
     """Whether the layer's float variables read as its compute dtype now,
     i.e. whether its `__call__` would leave the autocast scope as it is."""
-    probe = _FLOAT_VARIABLE.get(layer, _UNSEEN)
+    # No cache inside torch.compile: Dynamo would guard on the cache's keys,
+    # which garbage collection can change before the guards are built.
+    cached = not _torch_compiling()
+    probe = _FLOAT_VARIABLE.get(layer, _UNSEEN) if cached else _UNSEEN
     if probe is _UNSEEN:
         probe = next((v for v in layer.weights
                       if keras.backend.is_float_dtype(v.dtype)), None)
-        _FLOAT_VARIABLE[layer] = probe
+        if cached:
+            _FLOAT_VARIABLE[layer] = probe
     if probe is None:
         return True
     return (keras.backend.standardize_dtype(ops.convert_to_tensor(probe).dtype)
@@ -142,6 +146,14 @@ def _reads_in_compute_dtype(layer):
 
 _FLOAT_VARIABLE = weakref.WeakKeyDictionary()   # layer -> its first float variable
 _UNSEEN = object()
+
+
+def _torch_compiling():
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return torch.compiler.is_compiling()
 
 
 @functools.cache
