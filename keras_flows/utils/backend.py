@@ -35,6 +35,14 @@ def is_concrete(x):
     return True
 
 
+def _torch_compiling():
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
 def uniform_like(x, seed):
     """U[0, 1) noise of `x`'s shape and dtype: `keras.random.uniform` with
     the `SeedGenerator` `seed`, except inside `torch.compile`.
@@ -47,11 +55,10 @@ def uniform_like(x, seed):
     steps follow `keras.utils.set_random_seed` (which seeds PyTorch), not
     `seed`.
     """
-    if keras.backend.backend() == "torch":
+    if _torch_compiling():
         import torch
 
-        if torch.compiler.is_compiling():
-            return torch.rand(x.shape, dtype=x.dtype, device=x.device)
+        return torch.rand(x.shape, dtype=x.dtype, device=x.device)
     return keras.random.uniform(ops.shape(x), seed=seed, dtype=x.dtype)
 
 
@@ -146,14 +153,6 @@ def _reads_in_compute_dtype(layer):
 
 _FLOAT_VARIABLE = weakref.WeakKeyDictionary()   # layer -> its first float variable
 _UNSEEN = object()
-
-
-def _torch_compiling():
-    if keras.backend.backend() != "torch":
-        return False
-    import torch
-
-    return torch.compiler.is_compiling()
 
 
 @functools.cache
